@@ -1,0 +1,59 @@
+"""Wiring: builds the source, sink, state store and field map from Settings."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from connector.charles import CharlesSink
+from connector.errors import ConfigurationError
+from connector.field_map import FieldMap, load_field_map
+from connector.logs import get_logger, register_secrets
+from connector.salesforce import SalesforceSource
+from connector.settings import Settings
+from connector.state import StateStore
+from connector.sync import Syncer
+
+log = get_logger("connector.app")
+
+
+@dataclass
+class App:
+    settings: Settings
+    field_map: FieldMap
+    store: StateStore
+    source: SalesforceSource
+    sink: CharlesSink
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    _checked: bool = False
+
+    @classmethod
+    def build(cls, settings: Settings) -> App:
+        register_secrets(
+            secret.get_secret_value()
+            for secret in (settings.charles_api_key, settings.salesforce_client_secret, settings.salesforce_private_key)
+            if secret is not None
+        )
+        field_map = load_field_map(settings.field_map, default_region=settings.default_region, tags_field=settings.tags_field)
+        store = StateStore(settings.state_url)
+        return cls(settings, field_map, store, SalesforceSource(settings), CharlesSink(settings))
+
+    def check_field_map(self) -> list[str]:
+        """Validate the field map against the org's describe; return the problems found."""
+        fields = self.source.describe_fields(self.field_map.object_name)
+        problems = self.field_map.check_against(fields)
+        self._checked = not problems
+        return problems
+
+    def syncer(self) -> Syncer:
+        """A Syncer, after the field map passed the describe check once."""
+        if not self._checked:
+            problems = self.check_field_map()
+            if problems:
+                raise ConfigurationError("field map does not match Salesforce:\n" + "\n".join(f"  - {p}" for p in problems))
+        return Syncer(self.settings, self.source, self.sink, self.store, self.field_map, stop_event=self.stop_event)
+
+    def close(self) -> None:
+        self.sink.close()
+        self.source.close()
+        self.store.close()

@@ -1,0 +1,222 @@
+"""Charles sink: contact upserts over one pooled httpx client, several in flight.
+
+The only module that imports httpx and the only one that knows the Charles contract
+(``PUT /api/v1beta/contacts``, header ``x-api-key``, the response envelope). The endpoint
+is in closed beta, so everything that may move is kept here.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from enum import Enum
+from typing import Any
+
+import httpx
+import stamina
+
+from connector import __version__
+from connector.errors import ConfigurationError, RecordError, TransientError
+from connector.logs import get_logger
+from connector.settings import Settings
+
+log = get_logger("connector.charles")
+
+CONTACTS_PATH = "/api/v1beta/contacts"
+
+
+class Action(Enum):
+    ACKNOWLEDGED = "acknowledged"
+    RETRY = "retry"
+    REJECT_RECORD = "reject_record"
+    STOP = "stop"
+
+
+# What each HTTP status means for the record and the cycle. Statuses not listed fall back
+# by class: 2xx acknowledged, 5xx retried, anything else rejects the record.
+OUTCOMES: dict[int, Action] = {
+    200: Action.ACKNOWLEDGED,
+    201: Action.ACKNOWLEDGED,
+    400: Action.REJECT_RECORD,
+    401: Action.STOP,
+    403: Action.STOP,
+    404: Action.REJECT_RECORD,
+    408: Action.RETRY,
+    409: Action.REJECT_RECORD,
+    422: Action.REJECT_RECORD,
+    429: Action.RETRY,
+}
+
+
+def action_for(status: int) -> Action:
+    if status in OUTCOMES:
+        return OUTCOMES[status]
+    if 200 <= status < 300:
+        return Action.ACKNOWLEDGED
+    if status >= 500:
+        return Action.RETRY
+    return Action.REJECT_RECORD
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """Charles acknowledged the upsert."""
+
+    record_id: str
+    status: int
+    person_id: str | None
+    request_id: str | None
+    attempts: int
+
+
+class _RetryableStatus(TransientError):
+    def __init__(self, status: int, retry_after_s: float | None) -> None:
+        super().__init__(f"Charles answered HTTP {status}")
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header given in seconds or as an HTTP date."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    current = now or datetime.now(UTC)
+    return max(0.0, (moment - current).total_seconds())
+
+
+def _backoff(exc: Exception) -> bool | float:
+    """stamina hook: retry transport errors and retryable statuses, honouring Retry-After."""
+    if isinstance(exc, _RetryableStatus):
+        return exc.retry_after_s if exc.retry_after_s is not None else True
+    return isinstance(exc, httpx.TransportError)
+
+
+def _error_text(response: httpx.Response) -> str:
+    """Charles' own error text from the envelope, without echoing the request."""
+    try:
+        body = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code} with a body that is not JSON"
+    if isinstance(body, dict):
+        errors = body.get("errors") or []
+        parts = [str(error.get("message", error)) if isinstance(error, dict) else str(error) for error in errors]
+        message = "; ".join(parts) or str(body.get("msg") or "")
+        return f"HTTP {response.status_code}: {message}"[:500]
+    return f"HTTP {response.status_code}"
+
+
+class CharlesSink:
+    """Pushes contact upserts with at most ``max_in_flight`` requests open at once."""
+
+    def __init__(self, settings: Settings, *, transport: httpx.BaseTransport | None = None) -> None:
+        self._settings = settings
+        in_flight = settings.charles_max_in_flight
+        verify: Any = str(settings.charles_ca_file) if settings.charles_ca_file else True
+        limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
+        self._client = httpx.Client(
+            base_url=settings.charles_base_url,
+            headers={
+                "x-api-key": settings.charles_api_key.get_secret_value(),
+                "User-Agent": f"sfcharles/{__version__}",
+            },
+            timeout=httpx.Timeout(settings.charles_timeout_s, connect=min(10.0, settings.charles_timeout_s)),
+            # The transport's own retry covers only failed connection attempts; everything
+            # else goes through the retry loop in upsert().
+            transport=transport or httpx.HTTPTransport(retries=1, verify=verify, limits=limits),
+        )
+        self._slots = threading.BoundedSemaphore(in_flight)
+        self._executor = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="charles-push")
+        self.requests_sent = 0
+        self._count_lock = threading.Lock()
+
+    def submit(self, record_id: str, payload: dict[str, Any]) -> Future[PushResult]:
+        """Queue one upsert; blocks while ``max_in_flight`` upserts are already open."""
+        self._slots.acquire()
+        context = contextvars.copy_context()  # so worker log lines carry the cycle's bound context
+        try:
+            future = self._executor.submit(context.run, self.upsert, record_id, payload)
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(lambda _: self._slots.release())
+        return future
+
+    def upsert(self, record_id: str, payload: dict[str, Any]) -> PushResult:
+        """Send one upsert, retrying transient failures; raise RecordError or ConfigurationError."""
+        attempts = 0
+        try:
+            for attempt in stamina.retry_context(
+                on=_backoff,
+                attempts=self._settings.charles_max_attempts,
+                timeout=timedelta(seconds=self._settings.charles_retry_total_s),
+                wait_initial=0.5,
+                wait_max=30.0,
+            ):
+                with attempt:
+                    attempts = attempt.num
+                    return self._send_once(record_id, payload, attempts)
+        except _RetryableStatus as exc:
+            raise RecordError(
+                f"Charles kept answering HTTP {exc.status} for record {record_id} after {attempts} attempts",
+                record_id=record_id, reason=f"http_{exc.status}",
+            ) from None
+        except httpx.TransportError as exc:
+            raise RecordError(
+                f"Charles upsert for record {record_id} failed after {attempts} attempts: {exc.__class__.__name__}",
+                record_id=record_id, reason="transport_error",
+            ) from None
+        raise AssertionError("unreachable: stamina re-raises the last error")
+
+    def _send_once(self, record_id: str, payload: dict[str, Any], attempt: int) -> PushResult:
+        with self._count_lock:
+            self.requests_sent += 1
+        response = self._client.put(CONTACTS_PATH, json=payload)
+        action = action_for(response.status_code)
+        if action is Action.RETRY:
+            log.debug("charles.upsert_retrying", record_id=record_id, status=response.status_code, attempt=attempt)
+            raise _RetryableStatus(response.status_code, parse_retry_after(response.headers.get("Retry-After")))
+        if action is Action.STOP:
+            raise ConfigurationError(
+                f"Charles rejected the API key (HTTP {response.status_code}) at {self._settings.charles_base_url}; "
+                "check SFCHARLES_CHARLES_API_KEY and SFCHARLES_CHARLES_BASE_URL"
+            )
+        if action is Action.REJECT_RECORD:
+            raise RecordError(
+                f"Charles rejected record {record_id}: {_error_text(response)}",
+                record_id=record_id, reason=f"http_{response.status_code}",
+            )
+        try:
+            body = response.json()
+        except ValueError:
+            raise RecordError(
+                f"Charles answered HTTP {response.status_code} for record {record_id} with a body that is not JSON",
+                record_id=record_id, reason="invalid_response",
+            ) from None
+        data = body.get("data") if isinstance(body, dict) else None
+        request = body.get("request") if isinstance(body, dict) else None
+        result = PushResult(
+            record_id=record_id,
+            status=response.status_code,
+            person_id=data.get("id") if isinstance(data, dict) else None,
+            request_id=request.get("id") if isinstance(request, dict) else None,
+            attempts=attempt,
+        )
+        log.debug("charles.upserted", record_id=record_id, person_id=result.person_id, request_id=result.request_id, attempts=attempt)
+        return result
+
+    def close(self, *, wait: bool = True) -> None:
+        self._executor.shutdown(wait=wait, cancel_futures=not wait)
+        self._client.close()

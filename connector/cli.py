@@ -1,0 +1,239 @@
+"""Command line: ``sfcharles run | sync | backfill | check | state ...``.
+
+Exit codes:
+  0  success (also after SIGTERM/SIGINT once state is committed)
+  1  the cycle failed (Salesforce, Charles or the state store); the watermark did not move past unfinished work
+  2  invalid configuration, credentials or field map; nothing was synced
+  3  the cycle finished but some records failed; they are sent again next cycle
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import click
+
+from connector import __version__
+from connector.cursor import Watermark, parse_salesforce_datetime
+from connector.errors import ConfigurationError, ConnectorError
+from connector.logs import configure_logging, get_logger
+from connector.settings import Settings, load_settings
+from connector.sync import CycleReport
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_PARTIAL = 3
+
+log = get_logger("connector.cli")
+
+
+def _fail_configuration(exc: ConfigurationError) -> NoReturn:
+    log.error("config.invalid", error=str(exc))
+    click.echo(f"sfcharles: {exc}", err=True)
+    sys.exit(EXIT_CONFIG)
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings()
+    except ConfigurationError as exc:
+        configure_logging()
+        _fail_configuration(exc)
+    configure_logging(settings.log_level, settings.log_format, settings.log_event_key)
+    return settings
+
+
+def _with_app(action: Callable[[Any], int], *, stop_on_signals: bool = False) -> NoReturn:
+    """Build the app, run ``action`` with it, map errors to exit codes, and exit.
+
+    With ``stop_on_signals``, SIGTERM and SIGINT end a one-shot cycle the way they end
+    the daemon: fetching stops, in-flight upserts finish, state is committed.
+    """
+    from connector.app import App
+
+    settings = _settings()
+    try:
+        app = App.build(settings)
+    except ConfigurationError as exc:
+        _fail_configuration(exc)
+    if stop_on_signals:
+        def stop(signum: int, _frame: Any) -> None:
+            log.info("cli.stop_requested", signal=signal.Signals(signum).name)
+            app.stop_event.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+    try:
+        code = action(app)
+    except ConfigurationError as exc:
+        _fail_configuration(exc)
+    except ConnectorError as exc:
+        log.error("cli.command_failed", error_type=exc.__class__.__name__, error=str(exc))
+        code = EXIT_FAILED
+    finally:
+        app.close()
+    sys.exit(code)
+
+
+def _exit_code(report: CycleReport) -> int:
+    return {"succeeded": EXIT_OK, "interrupted": EXIT_OK, "partial": EXIT_PARTIAL}.get(report.status, EXIT_FAILED)
+
+
+def _parse_time(_ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_salesforce_datetime(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sfcharles")
+def main() -> None:
+    """Keep Charles contacts in step with Salesforce.
+
+    Settings come from SFCHARLES_* environment variables (see README.md). Exit codes:
+    0 success, 1 cycle failed, 2 invalid configuration, 3 some records failed.
+    """
+
+
+@main.command()
+def run() -> NoReturn:
+    """Run the daemon: a cycle at start, then one every SFCHARLES_POLL_INTERVAL_S seconds."""
+    from connector.scheduler import Daemon
+
+    def action(app: Any) -> int:
+        try:
+            app.syncer()  # validate the field map against Salesforce before the first tick
+        except ConfigurationError:
+            raise
+        except ConnectorError as exc:
+            log.warning("daemon.startup_check_deferred", error_type=exc.__class__.__name__, error=str(exc))
+
+        def cycle() -> CycleReport:
+            return app.syncer().run_cycle("incremental")
+
+        return Daemon(cycle, app.settings.poll_interval_s, app.stop_event).run()
+
+    _with_app(action)
+
+
+@main.command()
+def sync() -> NoReturn:
+    """Run one incremental cycle now, then exit."""
+    _with_app(lambda app: _exit_code(app.syncer().run_cycle("incremental")), stop_on_signals=True)
+
+
+@main.command()
+@click.option("--since", callback=_parse_time, help="Start of the window (ISO 8601 with offset, e.g. 2025-01-01T00:00:00Z). Default: the beginning.")
+@click.option("--until", callback=_parse_time, help="End of the window, exclusive (ISO 8601 with offset). Default: Salesforce's current time.")
+def backfill(since: datetime | None, until: datetime | None) -> NoReturn:
+    """Re-send every record changed in a window; never moves the watermark backwards."""
+    if since is not None and until is not None and since >= until:
+        raise click.BadParameter(f"--since {since.isoformat()} is not before --until {until.isoformat()}")
+    _with_app(lambda app: _exit_code(app.syncer().run_cycle("backfill", since=since, until=until)), stop_on_signals=True)
+
+
+@main.command()
+def check() -> NoReturn:
+    """Check settings, Salesforce credentials, and the field map against Salesforce's describe."""
+
+    def action(app: Any) -> int:
+        app.source.login()
+        problems = app.check_field_map()
+        usage = app.source.api_usage
+        result = {
+            "settings": "ok",
+            "salesforce_login": "ok",
+            "object": app.field_map.object_name,
+            "field_map": "ok" if not problems else "invalid",
+            "problems": problems,
+            "salesforce_fields_read": app.field_map.source_fields(),
+            "state_store": app.store.describe(),
+            "api_usage": None if usage is None else {"used": usage.used, "limit": usage.limit},
+        }
+        log.info("check.completed", **result)
+        return EXIT_OK if not problems else EXIT_CONFIG
+
+    _with_app(action)
+
+
+@main.group()
+def state() -> None:
+    """Inspect or rewind the stored watermark."""
+
+
+@state.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--cycles", default=5, show_default=True, help="How many recent cycles to list.")
+def state_show(as_json: bool, cycles: int) -> None:
+    """Print the watermark, its lag behind now, and the last cycles."""
+    from connector.state import StateStore
+
+    settings = _settings()
+    store = StateStore(settings.state_url)
+    try:
+        watermark = store.get_watermark(settings.pipeline)
+        recent = store.recent_cycles(settings.pipeline, cycles)
+    finally:
+        store.close()
+    # Lag is shown against the local clock: it is for people, not for the cursor.
+    lag_s = None if watermark is None else round((datetime.now(UTC) - watermark.modstamp).total_seconds(), 1)
+    info = {
+        "pipeline": settings.pipeline,
+        "state_store": store.describe(),
+        "watermark": None if watermark is None else watermark.to_dict(),
+        "lag_s": lag_s,
+        "recent_cycles": [cycle.__dict__ for cycle in recent],
+    }
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"pipeline:   {info['pipeline']}")
+    click.echo(f"store:      {info['state_store']}")
+    click.echo(f"watermark:  {watermark if watermark else '(none: the next cycle reads everything)'}")
+    click.echo(f"lag:        {'-' if lag_s is None else f'{lag_s} s'}")
+    click.echo("recent cycles:")
+    for cycle in recent:
+        click.echo(
+            f"  {cycle.started_at}  {cycle.mode:<11} {cycle.status:<11} fetched={cycle.fetched} "
+            f"pushed={cycle.pushed} skipped={cycle.skipped} failed={cycle.failed}"
+        )
+
+
+@state.command("rewind")
+@click.option("--to", "to", required=True, callback=_parse_time, help="New watermark time (ISO 8601 with offset); the next cycle re-reads from here.")
+def state_rewind(to: datetime) -> None:
+    """Move the watermark to a chosen time, backwards included, so the next cycle re-reads from there."""
+    from connector.state import StateStore
+
+    settings = _settings()
+    store = StateStore(settings.state_url)
+    try:
+        before = store.get_watermark(settings.pipeline)
+        store.set_watermark(settings.pipeline, Watermark.start_of(to))
+        log.info("state.watermark_set", before=None if before is None else str(before), after=str(Watermark.start_of(to)))
+    finally:
+        store.close()
+
+
+@state.command("reset")
+@click.confirmation_option(prompt="Delete the watermark? The next cycle re-reads every record.")
+def state_reset() -> None:
+    """Delete the watermark; the next cycle reads every record again."""
+    from connector.state import StateStore
+
+    settings = _settings()
+    store = StateStore(settings.state_url)
+    try:
+        store.set_watermark(settings.pipeline, None)
+        log.info("state.watermark_reset", pipeline=settings.pipeline)
+    finally:
+        store.close()

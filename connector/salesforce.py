@@ -1,0 +1,327 @@
+"""Salesforce source: OAuth, describe, and changed records streamed page by page.
+
+The only module that imports simple_salesforce and requests. We obtain the OAuth token
+ourselves, because simple-salesforce posts logins only to ``*.salesforce.com`` hosts,
+then hand the session to simple-salesforce. Its own re-login is therefore off, which also
+avoids its unbounded re-login recursion; we re-authenticate once per expired session.
+
+Changes are read with the keyset ``(SystemModstamp, Id)`` in that order, bounded above by
+Salesforce's clock (the ``Date`` header of its responses), never by the local clock.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+
+import jwt
+import requests
+import stamina
+from requests.adapters import HTTPAdapter
+from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import (
+    SalesforceError,
+    SalesforceExpiredSession,
+    SalesforceMalformedRequest,
+    SalesforceRefusedRequest,
+    SalesforceResourceNotFound,
+)
+
+from connector.cursor import Watermark, soql_datetime
+from connector.errors import ConfigurationError, FatalError, TransientError
+from connector.logs import get_logger
+from connector.settings import Settings
+
+log = get_logger("connector.salesforce")
+
+_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,79}")
+_FIELD_PATH = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,79}(\.[A-Za-z][A-Za-z0-9_]{0,79}){0,4}")
+_API_USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class ApiUsage:
+    used: int
+    limit: int
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of query results, as Salesforce returned it."""
+
+    records: list[dict[str, Any]]
+    total_size: int
+
+
+class _TrustingAdapter(HTTPAdapter):
+    """An adapter that applies a default timeout and trusts an extra CA bundle.
+
+    requests lets REQUESTS_CA_BUNDLE replace a Session's own ``verify`` setting, so an
+    extra CA given through ``verify`` is silently ignored when that variable is set. An
+    SSL context loaded here survives that, because urllib3 adds the bundle on top of it.
+    """
+
+    def __init__(self, timeout_s: float, ca_file: str | None) -> None:
+        self._timeout_s = timeout_s
+        self._context: ssl.SSLContext | None = None
+        if ca_file:
+            self._context = ssl.create_default_context()
+            self._context.load_verify_locations(cafile=ca_file)
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        if self._context is not None:
+            kwargs["ssl_context"] = self._context
+        super().init_poolmanager(*args, **kwargs)
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        # simple-salesforce passes no timeout at all; without one a silent server hangs a cycle forever.
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self._timeout_s
+        return super().send(request, **kwargs)
+
+
+class SalesforceSource:
+    """Reads one Salesforce org through its REST API."""
+
+    def __init__(self, settings: Settings, *, version: str | None = None) -> None:
+        self._settings = settings
+        self._version = version or settings.salesforce_api_version
+        self._session = requests.Session()
+        self._session.headers["User-Agent"] = "sfcharles"
+        ca_file = str(settings.salesforce_ca_file) if settings.salesforce_ca_file else None
+        self._session.mount("https://", _TrustingAdapter(settings.salesforce_timeout_s, ca_file))
+        self._session.hooks["response"].append(self._observe_response)
+        self._client: Salesforce | None = None
+        self.last_server_time: datetime | None = None
+        self.api_usage: ApiUsage | None = None
+        self.api_calls = 0
+
+    # Authentication
+
+    def _observe_response(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self.api_calls += 1
+        date = response.headers.get("Date")
+        if date:
+            try:
+                self.last_server_time = parsedate_to_datetime(date).astimezone(UTC)
+            except (TypeError, ValueError):
+                pass
+        usage = _API_USAGE.search(response.headers.get("Sforce-Limit-Info", ""))
+        if usage:
+            self.api_usage = ApiUsage(int(usage.group(1)), int(usage.group(2)))
+
+    def _token_request(self) -> dict[str, str]:
+        settings = self._settings
+        if settings.resolved_auth() == "jwt":
+            assert settings.salesforce_private_key is not None and settings.salesforce_username is not None
+            claims = {
+                "iss": settings.salesforce_client_id,
+                "sub": settings.salesforce_username,
+                "aud": settings.salesforce_login_url,
+                # The JWT's own expiry is the one place the local clock is right to use.
+                "exp": int(time.time()) + 180,
+            }
+            try:
+                assertion = jwt.encode(claims, settings.salesforce_private_key.get_secret_value(), algorithm="RS256")
+            except (ValueError, TypeError, jwt.PyJWTError) as exc:
+                raise ConfigurationError(
+                    f"SFCHARLES_SALESFORCE_PRIVATE_KEY: cannot sign the JWT ({exc.__class__.__name__}); "
+                    "give an RSA private key in PEM form"
+                ) from None
+            return {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": assertion}
+        return {"grant_type": "client_credentials"}
+
+    def login(self) -> None:
+        """Obtain an access token and build the REST client on it."""
+        settings = self._settings
+        url = f"{settings.salesforce_login_url}/services/oauth2/token"
+        auth = None
+        if settings.resolved_auth() == "client_credentials":
+            assert settings.salesforce_client_secret is not None
+            auth = (settings.salesforce_client_id, settings.salesforce_client_secret.get_secret_value())
+        try:
+            response = self._session.post(url, data=self._token_request(), auth=auth)
+        except requests.RequestException as exc:
+            raise TransientError(f"Salesforce login at {url} failed: {exc.__class__.__name__}") from None
+        if response.status_code >= 500:
+            raise TransientError(f"Salesforce login at {url} failed with HTTP {response.status_code}")
+        body = _json_or_empty(response)
+        if response.status_code != 200 or "access_token" not in body:
+            error = str(body.get("error", f"HTTP {response.status_code}"))
+            description = str(body.get("error_description", ""))
+            raise ConfigurationError(
+                f"Salesforce login at {url} was rejected: {error} {description}".rstrip()
+                + f"; check {_credential_hint(settings, error)}"
+            )
+        self._client = Salesforce(
+            instance_url=body["instance_url"],
+            session_id=body["access_token"],
+            session=self._session,
+            version=self._version,
+        )
+        log.info("salesforce.logged_in", auth=settings.resolved_auth(), instance_url=body["instance_url"])
+
+    def _call(self, operation: Callable[[Salesforce], _T], what: str) -> _T:
+        """Run one REST call; re-login once on an expired session; translate errors."""
+        if self._client is None:
+            self.login()
+        return _retry_transient(lambda: self._call_with_relogin(operation, what))
+
+    def _call_with_relogin(self, operation: Callable[[Salesforce], _T], what: str) -> _T:
+        assert self._client is not None
+        try:
+            return _translate(lambda: operation(self._client), what)  # type: ignore[arg-type]
+        except _SessionExpired:
+            log.info("salesforce.session_refreshed", reason="INVALID_SESSION_ID")
+            self.login()
+        try:
+            return _translate(lambda: operation(self._client), what)  # type: ignore[arg-type]
+        except _SessionExpired:
+            raise ConfigurationError(
+                f"Salesforce rejected a fresh session for {what} (INVALID_SESSION_ID twice in a row); "
+                "check that the connected app's user has API access"
+            ) from None
+
+    # Reads
+
+    def server_time(self) -> datetime:
+        """Salesforce's current time, from the Date header of a cheap REST call (limits)."""
+        self.last_server_time = None
+        limits = self._call(lambda sf: sf.restful("limits/"), "limits")
+        daily = limits.get("DailyApiRequests") if isinstance(limits, dict) else None
+        if isinstance(daily, dict) and "Max" in daily and "Remaining" in daily:
+            limit = int(daily["Max"])
+            self.api_usage = ApiUsage(limit - int(daily["Remaining"]), limit)
+        if self.last_server_time is None:
+            raise FatalError("Salesforce's limits response had no Date header; the window's upper bound cannot be set")
+        return self.last_server_time
+
+    def describe_fields(self, object_name: str) -> dict[str, str]:
+        """Field API name to type, from ``sobjects/<object>/describe``."""
+        _check_identifier(object_name)
+        body = self._call(lambda sf: sf.restful(f"sobjects/{object_name}/describe"), f"describe {object_name}")
+        return {item["name"]: item["type"] for item in body.get("fields", [])}
+
+    def changes(self, object_name: str, fields: list[str], after: Watermark | None, before: datetime) -> Iterator[Page]:
+        """Stream records with ``after < (SystemModstamp, Id)`` and ``SystemModstamp < before``.
+
+        Pages come through ``nextRecordsUrl``; memory holds one page at a time.
+        """
+        soql = build_changes_query(object_name, fields, after, before)
+        headers = {"Sforce-Query-Options": f"batchSize={self._settings.salesforce_page_size}"}
+        log.debug("salesforce.query_started", soql=soql)
+        result = self._call(lambda sf: sf.query(soql, headers=headers), f"query on {object_name}")
+        while True:
+            yield Page(records=result.get("records", []), total_size=int(result.get("totalSize", 0)))
+            next_url = result.get("nextRecordsUrl")
+            if result.get("done", True) or not next_url:
+                return
+            result = self._call(
+                lambda sf: sf.query_more(next_url, identifier_is_url=True, headers=headers),
+                f"next page of {object_name}",
+            )
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def build_changes_query(object_name: str, fields: list[str], after: Watermark | None, before: datetime) -> str:
+    """Build the keyset SOQL; every identifier is validated, never pasted from input."""
+    _check_identifier(object_name)
+    selected: dict[str, None] = {"Id": None, "SystemModstamp": None}
+    for name in fields:
+        if not _FIELD_PATH.fullmatch(name):
+            raise ConfigurationError(f"field {name!r} is not a Salesforce field API name; fix the field map")
+        selected[name] = None
+    conditions = [f"SystemModstamp < {soql_datetime(before)}"]
+    if after is not None:
+        conditions.insert(0, after.soql_after())
+    return (
+        f"SELECT {', '.join(selected)} FROM {object_name} "
+        f"WHERE {' AND '.join(conditions)} ORDER BY SystemModstamp ASC, Id ASC"
+    )
+
+
+def _check_identifier(name: str) -> None:
+    if not _IDENTIFIER.fullmatch(name):
+        raise ConfigurationError(f"object {name!r} is not a Salesforce object API name; fix the field map's object key")
+
+
+class _SessionExpired(Exception):
+    pass
+
+
+def _error_code(exc: SalesforceError) -> str:
+    content = exc.content
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        return str(content[0].get("errorCode", ""))
+    return ""
+
+
+def _error_message(exc: SalesforceError) -> str:
+    content = exc.content
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        return str(content[0].get("message", "")).strip()
+    return ""
+
+
+def _translate(call: Callable[[], _T], what: str) -> _T:
+    """Map simple-salesforce and requests errors to the connector's error classes."""
+    try:
+        return call()
+    except SalesforceExpiredSession as exc:
+        raise _SessionExpired() from exc
+    except SalesforceRefusedRequest as exc:
+        code = _error_code(exc)
+        if code == "REQUEST_LIMIT_EXCEEDED":
+            raise FatalError(f"Salesforce {what}: the org's API request limit is used up (REQUEST_LIMIT_EXCEEDED)") from None
+        raise ConfigurationError(f"Salesforce {what} was refused ({code or 'HTTP 403'}); check the integration user's permissions") from None
+    except SalesforceMalformedRequest as exc:
+        code = _error_code(exc)
+        if code == "QUERY_TIMEOUT":
+            raise TransientError(f"Salesforce {what} timed out on the server (QUERY_TIMEOUT)") from None
+        if code in ("INVALID_FIELD", "INVALID_TYPE"):
+            raise ConfigurationError(f"Salesforce {what} failed: {code}: {_error_message(exc)}; fix the field map") from None
+        raise FatalError(f"Salesforce {what} failed: {code or 'HTTP 400'}: {_error_message(exc)}") from None
+    except SalesforceResourceNotFound as exc:
+        raise ConfigurationError(f"Salesforce {what}: not found ({_error_code(exc) or 'HTTP 404'}); check the object name and SFCHARLES_SALESFORCE_API_VERSION") from None
+    except SalesforceError as exc:
+        if exc.status >= 500:
+            raise TransientError(f"Salesforce {what} failed with HTTP {exc.status}") from None
+        raise FatalError(f"Salesforce {what} failed with HTTP {exc.status}: {_error_code(exc)}") from None
+    except requests.Timeout:
+        raise TransientError(f"Salesforce {what} timed out") from None
+    except requests.RequestException as exc:
+        raise TransientError(f"Salesforce {what} failed: {exc.__class__.__name__}") from None
+
+
+def _retry_transient(call: Callable[[], _T]) -> _T:
+    """Retry transient failures with exponential backoff and jitter, bounded in attempts and time."""
+    for attempt in stamina.retry_context(on=TransientError, attempts=4, timeout=timedelta(seconds=120)):
+        with attempt:
+            return call()
+    raise AssertionError("unreachable: stamina re-raises the last error")
+
+
+def _json_or_empty(response: requests.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _credential_hint(settings: Settings, error: str) -> str:
+    if error in ("invalid_client_id", "invalid_client"):
+        return "SFCHARLES_SALESFORCE_CLIENT_ID" + (" and SFCHARLES_SALESFORCE_CLIENT_SECRET" if settings.resolved_auth() == "client_credentials" else "")
+    if settings.resolved_auth() == "jwt":
+        return "SFCHARLES_SALESFORCE_USERNAME, SFCHARLES_SALESFORCE_PRIVATE_KEY and that the app is pre-authorised for the user"
+    return "SFCHARLES_SALESFORCE_CLIENT_ID, SFCHARLES_SALESFORCE_CLIENT_SECRET and SFCHARLES_SALESFORCE_LOGIN_URL (the org's My Domain)"
