@@ -34,16 +34,18 @@ DATETIME_FORMAT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}\+0000"
 LOCATOR_URL = re.compile(r"/services/data/v62\.0/query/01g[A-Za-z0-9]{15}-\d+")
 
 # The 59 standard Contact fields of a recorded Developer Edition org.
-STANDARD_CONTACT_FIELDS = """
-Id IsDeleted MasterRecordId AccountId LastName FirstName Salutation Name OtherStreet OtherCity
-OtherState OtherPostalCode OtherCountry OtherLatitude OtherLongitude OtherGeocodeAccuracy OtherAddress
-MailingStreet MailingCity MailingState MailingPostalCode MailingCountry MailingLatitude MailingLongitude
-MailingGeocodeAccuracy MailingAddress Phone Fax MobilePhone HomePhone OtherPhone AssistantPhone
-ReportsToId Email Title Department AssistantName LeadSource Birthdate Description OwnerId CreatedDate
-CreatedById LastModifiedDate LastModifiedById SystemModstamp LastActivityDate LastCURequestDate
-LastCUUpdateDate LastViewedDate LastReferencedDate EmailBouncedReason EmailBouncedDate IsEmailBounced
-PhotoUrl Jigsaw JigsawContactId CleanStatus IndividualId
-""".split()
+STANDARD_CONTACT_FIELDS = (
+    "Id", "IsDeleted", "MasterRecordId", "AccountId", "LastName", "FirstName", "Salutation",
+    "Name", "OtherStreet", "OtherCity", "OtherState", "OtherPostalCode", "OtherCountry", "OtherLatitude",
+    "OtherLongitude", "OtherGeocodeAccuracy", "OtherAddress", "MailingStreet", "MailingCity",
+    "MailingState", "MailingPostalCode", "MailingCountry", "MailingLatitude", "MailingLongitude",
+    "MailingGeocodeAccuracy", "MailingAddress", "Phone", "Fax", "MobilePhone", "HomePhone",
+    "OtherPhone", "AssistantPhone", "ReportsToId", "Email", "Title", "Department", "AssistantName",
+    "LeadSource", "Birthdate", "Description", "OwnerId", "CreatedDate", "CreatedById", "LastModifiedDate",
+    "LastModifiedById", "SystemModstamp", "LastActivityDate", "LastCURequestDate", "LastCUUpdateDate",
+    "LastViewedDate", "LastReferencedDate", "EmailBouncedReason", "EmailBouncedDate", "IsEmailBounced",
+    "PhotoUrl", "Jigsaw", "JigsawContactId", "CleanStatus", "IndividualId",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,6 +289,14 @@ def test_expired_tokens_get_401(emu, token):
     assert response.json() == [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]
 
 
+def test_issued_tokens_listed(emu):
+    first = fetch_token(emu)
+    emu.expire_all_tokens()
+    second = fetch_token(emu)
+
+    assert emu.issued_tokens() == [first, second]
+
+
 def test_missing_token_gets_401(emu):
     response = requests.get(f"{emu.url}{API}/limits", verify=emu.ca_file, timeout=10)
 
@@ -367,6 +377,21 @@ def test_seeded_account_references(emu, token):
     assert first_account["attributes"]["type"] == "Account"
     assert first_account["attributes"]["url"].startswith(f"{API}/sobjects/Account/001")
     assert other["records"][0]["Account"] is None
+
+
+def test_nested_relationship_fields(emu, token):
+    body = run_query(
+        emu,
+        token,
+        "SELECT Name, Owner.Name, Account.Name, Account.Owner.Username FROM Contact WHERE Name = 'Amy Taylor'",
+    ).json()
+    record = body["records"][0]
+
+    assert list(record) == ["attributes", "Name", "Owner", "Account"]
+    assert record["Owner"]["attributes"]["type"] == "User"
+    assert record["Owner"]["Name"] == "Integration User"
+    assert list(record["Account"]) == ["attributes", "Name", "Owner"]
+    assert record["Account"]["Owner"]["Username"] == "integration@example.com"
 
 
 def test_record_shape(emu, token):
@@ -718,6 +743,42 @@ def test_bare_message_for_first_token(emu, token):
     assert error == {"message": "unexpected token: 'invalid'", "errorCode": "MALFORMED_QUERY"}
 
 
+@pytest.mark.parametrize(
+    ("soql", "error_code", "message_end"),
+    [
+        ("SELECT Id FROM Contact ORDER BY Description", "INVALID_FIELD", "can not be sorted in a query call"),
+        ("SELECT Id FROM Contact WHERE Description = 'x'", "INVALID_FIELD", "can not be filtered in a query call"),
+        (
+            "SELECT Id FROM Contact WHERE IsDeleted = 'false'",
+            "INVALID_FIELD",
+            "must be of type boolean and should not be enclosed in quotes.",
+        ),
+        (
+            "SELECT Id FROM Contact WHERE LastName = 5",
+            "INVALID_FIELD",
+            "must be of type string and should be enclosed in quotes.",
+        ),
+        ("SELECT Id, id FROM Contact", "MALFORMED_QUERY", "duplicate field selected: Id"),
+        (
+            "SELECT Id FROM Contact WHERE Id LIKE '003%'",
+            "INVALID_QUERY_FILTER_OPERATOR",
+            "invalid operator on id field",
+        ),
+        (
+            "SELECT Individual.Name FROM Contact",
+            "INVALID_FIELD",
+            "Please reference your WSDL or the describe call for the appropriate names.",
+        ),
+    ],
+)
+def test_field_restrictions(emu, token, soql, error_code, message_end):
+    status, error = query_error(emu, token, soql)
+
+    assert status == 400
+    assert error["errorCode"] == error_code
+    assert error["message"].endswith(message_end)
+
+
 def test_unknown_object_rejected(emu, token):
     status, error = query_error(emu, token, "SELECT Id FROM Lead")
 
@@ -858,7 +919,8 @@ def test_update_changes_modstamp(emu, token):
     stamp = dt.datetime(2030, 1, 1, tzinfo=UTC)
 
     emu.update_record("Contact", record_id, {"Title": "Manager"}, modstamp=stamp)
-    body = run_query(emu, token, "SELECT Id, Title, LastModifiedDate FROM Contact WHERE SystemModstamp = 2030-01-01T00:00:00Z").json()
+    soql = "SELECT Id, Title, LastModifiedDate FROM Contact WHERE SystemModstamp = 2030-01-01T00:00:00Z"
+    body = run_query(emu, token, soql).json()
 
     assert body["records"][0]["Id"] == record_id
     assert body["records"][0]["Title"] == "Manager"
@@ -1080,7 +1142,7 @@ def test_admin_http_endpoints(empty_emu):
     assert expired.status_code == 200
     assert fault.status_code == 201
     assert stats["api_calls"] == 0
-    assert stats["requests"] == 8  # the stats request itself is logged after it is answered
+    assert stats["requests"] == 8  # the stats request is logged only after its response
 
 
 def test_admin_rejects_unknown_field(empty_emu):

@@ -152,7 +152,9 @@ def parse_iso_datetime(text: str) -> dt.datetime:
     """Parse an ISO 8601 datetime that carries a UTC offset (``Z``, ``+hh:mm`` or ``+hhmm``) into UTC."""
     match = _ISO_DATETIME_RE.fullmatch(text.strip())
     if match is None:
-        raise ValueError(f"invalid datetime {text!r}: expected ISO 8601 with a UTC offset, such as 2025-01-23T10:26:15Z")
+        raise ValueError(
+            f"invalid datetime {text!r}: expected ISO 8601 with a UTC offset, such as 2025-01-23T10:26:15Z"
+        )
     year, month, day, hour, minute, second, fraction, zone = match.groups()
     if zone == "Z":
         tzinfo = UTC
@@ -552,7 +554,7 @@ class OrgStore:
     def dereference(self, object_name: str, record_id: str) -> dict[str, Any] | None:
         """Return the parent record for a relationship path, or None when it is missing or deleted."""
         record = self.records.get(object_name, {}).get(record_id)
-        if record is None or record["IsDeleted"]:
+        if record is None or record.get("IsDeleted"):
             return None
         return record
 
@@ -576,7 +578,7 @@ class OrgStore:
         records = self.records[object_name].values()
         if include_deleted:
             return iter(records)
-        return (record for record in records if not record["IsDeleted"])
+        return (record for record in records if not record.get("IsDeleted"))
 
     def new_id(self, object_name: str) -> str:
         sobject = self.objects[object_name]
@@ -712,10 +714,15 @@ class OrgStore:
         self._with_name(sobject, record)
         self.records[sobject.name][old["Id"]] = record
 
+    def _require_deletable(self, sobject: SObjectType) -> None:
+        if "isdeleted" not in sobject.specs:
+            raise RecordError(f"{sobject.name} records cannot be deleted or merged")
+
     def delete(self, object_name: str, record_id: str, modstamp: dt.datetime) -> None:
         sobject = self.sobject(object_name)
+        self._require_deletable(sobject)
         old = self.get(sobject.name, record_id)
-        if old["IsDeleted"]:
+        if old.get("IsDeleted"):
             raise RecordError(f"{sobject.name} {old['Id']} is already deleted")
         self.records[sobject.name][old["Id"]] = {
             **old, "IsDeleted": True, "LastModifiedDate": modstamp, "SystemModstamp": modstamp,
@@ -724,11 +731,12 @@ class OrgStore:
 
     def merge(self, object_name: str, winner_id: str, loser_id: str, modstamp: dt.datetime) -> None:
         sobject = self.sobject(object_name)
+        self._require_deletable(sobject)
         winner = self.get(sobject.name, winner_id)
         loser = self.get(sobject.name, loser_id)
         if winner["Id"] == loser["Id"]:
             raise RecordError(f"cannot merge {sobject.name} {winner['Id']} into itself")
-        if winner["IsDeleted"] or loser["IsDeleted"]:
+        if winner.get("IsDeleted") or loser.get("IsDeleted"):
             raise RecordError(f"cannot merge deleted {sobject.name} records ({winner['Id']}, {loser['Id']})")
         self.records[sobject.name][winner["Id"]] = {
             **winner, "LastModifiedDate": modstamp, "SystemModstamp": modstamp,
@@ -1107,7 +1115,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            self._write(_error_response(411, "LENGTH_REQUIRED", "Chunked request bodies are not supported; send Content-Length."))
+            logger.info("rejected chunked request body: method=%s path=%s", self.command, self.path)
+            message = "Chunked request bodies are not supported; send Content-Length."
+            self._write(_error_response(411, "LENGTH_REQUIRED", message))
             self.close_connection = True
             return
         try:
@@ -1205,6 +1215,7 @@ class SalesforceEmulator:
         self._clock_offset = dt.timedelta(0)
         self._lock = threading.RLock()
         self._tokens: dict[str, dt.datetime] = {}
+        self._issued_tokens: list[str] = []
         self._cursors: dict[str, _QueryResult] = {}
         self._cursor_number = FIRST_RECORD_NUMBER
         self._faults: list[_Fault] = []
@@ -1377,8 +1388,15 @@ class SalesforceEmulator:
         logger.info("expired all access tokens: count=%d", count)
         return count
 
+    def issued_tokens(self) -> list[str]:
+        """Return every access token issued so far, in issue order, including expired ones."""
+        with self._lock:
+            return list(self._issued_tokens)
+
     def inject_fault(self, path_contains: str, status: int, body: Any, count: int = 1) -> None:
-        """Respond to the next ``count`` requests whose URL path contains ``path_contains`` with ``status`` and ``body``.
+        """Respond to the next ``count`` requests whose URL path contains ``path_contains`` with a fault.
+
+        Each of them gets ``status`` and the JSON ``body``.
 
         Faults apply to the REST and token endpoints, before authentication, and do not count
         as API calls.
@@ -1546,11 +1564,14 @@ class SalesforceEmulator:
         token = f"{ORG_ID[:15]}!{secrets.token_urlsafe(48)}"
         with self._lock:
             self._tokens[token] = issued + self.token_lifetime
+            self._issued_tokens.append(token)
         identity_url = f"{self.url}/id/{ORG_ID}/{USER_ID}"
         issued_at = str(int(issued.timestamp() * 1000))
-        signature = base64.b64encode(
-            hmac.new(self.client_secret.encode("utf-8"), (identity_url + issued_at).encode("utf-8"), hashlib.sha256).digest()
-        ).decode("ascii")
+        # Salesforce signs the identity URL and issued_at with the client secret (HMAC-SHA256).
+        digest = hmac.new(
+            self.client_secret.encode("utf-8"), (identity_url + issued_at).encode("utf-8"), hashlib.sha256
+        ).digest()
+        signature = base64.b64encode(digest).decode("ascii")
         payload = {
             "access_token": token,
             "signature": signature,
@@ -1734,7 +1755,7 @@ class SalesforceEmulator:
         record = self._store.records[sobject.name].get(id18 or "")
         if record is None:
             return _not_found()
-        if record["IsDeleted"]:
+        if record.get("IsDeleted"):
             return _error_response(404, "ENTITY_IS_DELETED", "entity is deleted")
         rendered = self._store.render_record(sobject.name, record, version)
         requested = request.param("fields")
@@ -1765,7 +1786,7 @@ class SalesforceEmulator:
             ids = [
                 record["Id"]
                 for record in records
-                if not record["IsDeleted"] and start <= record["SystemModstamp"] < latest
+                if not record.get("IsDeleted") and start <= record["SystemModstamp"] < latest
             ]
             return _json_response(200, {"ids": ids, "latestDateCovered": format_datetime(latest)})
 
@@ -1773,7 +1794,7 @@ class SalesforceEmulator:
         deleted = [
             {"id": record["Id"], "deletedDate": format_datetime(deleted_at[record["Id"]])}
             for record in records
-            if record["IsDeleted"] and record["Id"] in deleted_at and start <= deleted_at[record["Id"]] < latest
+            if record.get("IsDeleted") and record["Id"] in deleted_at and start <= deleted_at[record["Id"]] < latest
         ]
         return _json_response(
             200,
@@ -1909,7 +1930,9 @@ class SalesforceEmulator:
                     "name": "Master",
                     "recordTypeId": "012000000000000AAA",
                     "urls": {
-                        "layout": f"/services/data/v{version}/sobjects/{sobject.name}/describe/layouts/012000000000000AAA"
+                        "layout": (
+                            f"/services/data/v{version}/sobjects/{sobject.name}/describe/layouts/012000000000000AAA"
+                        )
                     },
                 }
             ],
@@ -2039,10 +2062,17 @@ def _build_argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--empty", action="store_true", help="start with no seeded records")
 
     parser.add_argument(
-        "--page-size", type=int, default=2000, help="records per query page without a batchSize header (default: %(default)s)"
+        "--page-size",
+        type=int,
+        default=2000,
+        help="records per query page when the request has no batchSize header (default: %(default)s)",
     )
-    parser.add_argument("--ca-file", metavar="PATH", help="where to write the CA certificate PEM (default: a temporary folder)")
-    parser.add_argument("--client-id", default="emulator-client-id", help="accepted OAuth client id (default: %(default)s)")
+    parser.add_argument(
+        "--ca-file", metavar="PATH", help="where to write the CA certificate PEM (default: a temporary folder)"
+    )
+    parser.add_argument(
+        "--client-id", default="emulator-client-id", help="accepted OAuth client id (default: %(default)s)"
+    )
     parser.add_argument(
         "--client-secret", default="emulator-client-secret", help="accepted OAuth client secret (default: %(default)s)"
     )
@@ -2050,7 +2080,9 @@ def _build_argument_parser() -> argparse.ArgumentParser:
         "--username", default="integration@example.com", help="the org's integration user (default: %(default)s)"
     )
     parser.add_argument(
-        "--jwt-public-key", metavar="FILE", help="PEM RSA public key that verifies JWT bearer assertions (default: JWT grant disabled)"
+        "--jwt-public-key",
+        metavar="FILE",
+        help="PEM RSA public key that verifies JWT bearer assertions (default: the JWT grant is rejected)",
     )
     parser.add_argument(
         "--daily-api-limit", type=int, default=15000, help="daily API request quota (default: %(default)s)"

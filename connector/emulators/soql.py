@@ -174,7 +174,9 @@ def _scan_string(query: str, start: int) -> tuple[Token, int]:
             escaped = query[index + 1]
             if escaped == "u":
                 if not re.fullmatch(r"[0-9A-Fa-f]{4}", query[index + 2 : index + 6]):
-                    raise _error_at(query, index, "MALFORMED_QUERY", "Invalid unicode escape sequence in string literal")
+                    raise _error_at(
+                        query, index, "MALFORMED_QUERY", "Invalid unicode escape sequence in string literal"
+                    )
                 index += 6
                 continue
             if escaped not in _STRING_ESCAPES:
