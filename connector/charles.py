@@ -171,12 +171,12 @@ class CharlesSink:
         except _RetryableStatus as exc:
             raise RecordError(
                 f"Charles kept answering HTTP {exc.status} for record {record_id} after {attempts} attempts",
-                record_id=record_id, reason=f"http_{exc.status}",
+                record_id=record_id, reason=f"http_{exc.status}", retryable=True,
             ) from None
         except httpx.TransportError as exc:
             raise RecordError(
                 f"Charles upsert for record {record_id} failed after {attempts} attempts: {exc.__class__.__name__}",
-                record_id=record_id, reason="transport_error",
+                record_id=record_id, reason="transport_error", retryable=True,
             ) from None
         raise AssertionError("unreachable: stamina re-raises the last error")
 

@@ -134,11 +134,12 @@ def sync() -> NoReturn:
 @main.command()
 @click.option("--since", callback=_parse_time, help="Start of the window (ISO 8601 with offset, e.g. 2025-01-01T00:00:00Z). Default: the beginning.")
 @click.option("--until", callback=_parse_time, help="End of the window, exclusive (ISO 8601 with offset). Default: Salesforce's current time.")
-def backfill(since: datetime | None, until: datetime | None) -> NoReturn:
-    """Re-send every record changed in a window; never moves the watermark backwards."""
+@click.option("--force", is_flag=True, help="Send every record, even those whose mapped payload Charles already accepted.")
+def backfill(since: datetime | None, until: datetime | None, force: bool) -> NoReturn:
+    """Re-read every record changed in a window and send what changed; never moves the watermark backwards."""
     if since is not None and until is not None and since >= until:
         raise click.BadParameter(f"--since {since.isoformat()} is not before --until {until.isoformat()}")
-    _with_app(lambda app: _exit_code(app.syncer().run_cycle("backfill", since=since, until=until)), stop_on_signals=True)
+    _with_app(lambda app: _exit_code(app.syncer().run_cycle("backfill", since=since, until=until, force=force)), stop_on_signals=True)
 
 
 @main.command()

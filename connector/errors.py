@@ -28,10 +28,14 @@ class TransientError(ConnectorError):
 class RecordError(ConnectorError):
     """One record could not be delivered; the cycle goes on without it."""
 
-    def __init__(self, message: str, *, record_id: str, reason: str) -> None:
+    def __init__(self, message: str, *, record_id: str, reason: str, retryable: bool = False) -> None:
         super().__init__(message)
         self.record_id = record_id
         self.reason = reason
+        # True when the failure was transient (retries ran out): the record holds the
+        # watermark and is read again next cycle. False: Charles rejected the record
+        # itself, and it is set aside in the dead-letter table.
+        self.retryable = retryable
 
 
 class FatalError(ConnectorError):

@@ -33,7 +33,7 @@ from simple_salesforce.exceptions import (
     SalesforceResourceNotFound,
 )
 
-from connector.cursor import Watermark, soql_datetime
+from connector.cursor import Watermark, parse_salesforce_datetime, soql_datetime, validate_salesforce_id
 from connector.errors import ConfigurationError, FatalError, TransientError
 from connector.logs import get_logger
 from connector.settings import Settings
@@ -44,6 +44,13 @@ _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,79}")
 _FIELD_PATH = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,79}(\.[A-Za-z][A-Za-z0-9_]{0,79}){0,4}")
 _API_USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
 _T = TypeVar("_T")
+
+# Always selected: the cursor (SystemModstamp, Id) and what tells deletes and merges apart.
+CURSOR_FIELDS = ("Id", "SystemModstamp", "IsDeleted", "MasterRecordId")
+# Lower bound of a window that has none, for splitting; Salesforce has no older records.
+EARLIEST_MODSTAMP = datetime(1999, 1, 1, tzinfo=UTC)
+# A window this narrow that still times out is reported instead of split further.
+MIN_SPLIT_WINDOW = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -210,44 +217,104 @@ class SalesforceSource:
         body = self._call(lambda sf: sf.restful(f"sobjects/{object_name}/describe"), f"describe {object_name}")
         return {item["name"]: item["type"] for item in body.get("fields", [])}
 
-    def changes(self, object_name: str, fields: list[str], after: Watermark | None, before: datetime) -> Iterator[Page]:
+    def changes(
+        self, object_name: str, fields: list[str], after: Watermark | None, before: datetime, conditions: tuple[str, ...] = ()
+    ) -> Iterator[Page]:
         """Stream records with ``after < (SystemModstamp, Id)`` and ``SystemModstamp < before``.
 
-        Pages come through ``nextRecordsUrl``; memory holds one page at a time.
+        Deleted and merged records are included (``queryAll``). Pages come through
+        ``nextRecordsUrl``, so memory holds one page at a time. A QUERY_TIMEOUT splits the
+        remaining window in two and carries on from the last record received, so a slow
+        query never ends a cycle with records missing.
         """
-        soql = build_changes_query(object_name, fields, after, before)
+        yield from self._window(object_name, fields, after, before, conditions)
+
+    def _window(
+        self, object_name: str, fields: list[str], after: Watermark | None, before: datetime, conditions: tuple[str, ...]
+    ) -> Iterator[Page]:
+        last = after
+        try:
+            for page in self._pages(build_changes_query(object_name, fields, last, before, conditions)):
+                yield page
+                if page.records:
+                    last = record_position(page.records[-1])
+            return
+        except QueryTimeout:
+            lower = last.modstamp if last is not None else EARLIEST_MODSTAMP
+            if before - lower <= MIN_SPLIT_WINDOW:
+                raise FatalError(
+                    f"Salesforce query on {object_name} timed out (QUERY_TIMEOUT) even for the window "
+                    f"{lower.isoformat()} to {before.isoformat()}; the cycle stops without moving the watermark"
+                ) from None
+            middle = lower + (before - lower) / 2
+            middle = middle.replace(microsecond=(middle.microsecond // 1000) * 1000)
+            log.warning("salesforce.query_split", reason="QUERY_TIMEOUT", window_start=lower.isoformat(), split_at=middle.isoformat(), window_end=before.isoformat())
+        yield from self._window(object_name, fields, last, middle, conditions)
+        yield from self._window(object_name, fields, Watermark.start_of(middle), before, conditions)
+
+    def _pages(self, soql: str) -> Iterator[Page]:
         headers = {"Sforce-Query-Options": f"batchSize={self._settings.salesforce_page_size}"}
         log.debug("salesforce.query_started", soql=soql)
-        result = self._call(lambda sf: sf.query(soql, headers=headers), f"query on {object_name}")
+        result = self._call(lambda sf: sf.query(soql, include_deleted=True, headers=headers), "query")
         while True:
             yield Page(records=result.get("records", []), total_size=int(result.get("totalSize", 0)))
             next_url = result.get("nextRecordsUrl")
             if result.get("done", True) or not next_url:
                 return
-            result = self._call(
-                lambda sf: sf.query_more(next_url, identifier_is_url=True, headers=headers),
-                f"next page of {object_name}",
-            )
+            result = self._call(lambda sf: sf.query_more(next_url, identifier_is_url=True, headers=headers), "next query page")
+
+    def fetch_by_ids(self, object_name: str, fields: list[str], record_ids: list[str]) -> Iterator[dict[str, Any]]:
+        """The current version of each record, deleted ones included, in chunks of 200 Ids."""
+        for start in range(0, len(record_ids), 200):
+            chunk = [validate_salesforce_id(record_id) for record_id in record_ids[start : start + 200]]
+            id_list = ", ".join(f"'{record_id}'" for record_id in chunk)
+            soql = f"SELECT {', '.join(_select_list(fields))} FROM {_checked(object_name)} WHERE Id IN ({id_list})"
+            for page in self._pages(soql):
+                yield from page.records
 
     def close(self) -> None:
         self._session.close()
 
 
-def build_changes_query(object_name: str, fields: list[str], after: Watermark | None, before: datetime) -> str:
-    """Build the keyset SOQL; every identifier is validated, never pasted from input."""
-    _check_identifier(object_name)
-    selected: dict[str, None] = {"Id": None, "SystemModstamp": None}
+def build_changes_query(
+    object_name: str, fields: list[str], after: Watermark | None, before: datetime, conditions: tuple[str, ...] = ()
+) -> str:
+    """Build the keyset SOQL; every identifier is validated, never pasted from input.
+
+    ``conditions`` are SOQL fragments that the field map built from validated names and
+    escaped literals.
+    """
+    clauses = [f"SystemModstamp < {soql_datetime(before)}"]
+    if after is not None:
+        clauses.insert(0, after.soql_after())
+    clauses.extend(f"({condition})" for condition in conditions)
+    return (
+        f"SELECT {', '.join(_select_list(fields))} FROM {_checked(object_name)} "
+        f"WHERE {' AND '.join(clauses)} ORDER BY SystemModstamp ASC, Id ASC"
+    )
+
+
+def _select_list(fields: list[str]) -> list[str]:
+    """Id and the cursor and delete fields first, then the map's fields, without repeats."""
+    selected: dict[str, None] = dict.fromkeys(CURSOR_FIELDS)
     for name in fields:
         if not _FIELD_PATH.fullmatch(name):
             raise ConfigurationError(f"field {name!r} is not a Salesforce field API name; fix the field map")
         selected[name] = None
-    conditions = [f"SystemModstamp < {soql_datetime(before)}"]
-    if after is not None:
-        conditions.insert(0, after.soql_after())
-    return (
-        f"SELECT {', '.join(selected)} FROM {object_name} "
-        f"WHERE {' AND '.join(conditions)} ORDER BY SystemModstamp ASC, Id ASC"
-    )
+    return list(selected)
+
+
+def record_position(record: dict[str, Any]) -> Watermark:
+    """A record's place in the change stream."""
+    try:
+        return Watermark(parse_salesforce_datetime(str(record["SystemModstamp"])), str(record["Id"]))
+    except (KeyError, ValueError) as exc:
+        raise FatalError(f"Salesforce returned a record without a usable Id and SystemModstamp: {exc}") from None
+
+
+def _checked(object_name: str) -> str:
+    _check_identifier(object_name)
+    return object_name
 
 
 def _check_identifier(name: str) -> None:
@@ -257,6 +324,10 @@ def _check_identifier(name: str) -> None:
 
 class _SessionExpired(Exception):
     pass
+
+
+class QueryTimeout(TransientError):
+    """Salesforce gave up on a query (QUERY_TIMEOUT); a narrower window may succeed."""
 
 
 def _error_code(exc: SalesforceError) -> str:
@@ -287,7 +358,7 @@ def _translate(call: Callable[[], _T], what: str) -> _T:
     except SalesforceMalformedRequest as exc:
         code = _error_code(exc)
         if code == "QUERY_TIMEOUT":
-            raise TransientError(f"Salesforce {what} timed out on the server (QUERY_TIMEOUT)") from None
+            raise QueryTimeout(f"Salesforce {what} timed out on the server (QUERY_TIMEOUT)") from None
         if code in ("INVALID_FIELD", "INVALID_TYPE"):
             raise ConfigurationError(f"Salesforce {what} failed: {code}: {_error_message(exc)}; fix the field map") from None
         raise FatalError(f"Salesforce {what} failed: {code or 'HTTP 400'}: {_error_message(exc)}") from None
@@ -305,7 +376,11 @@ def _translate(call: Callable[[], _T], what: str) -> _T:
 
 def _retry_transient(call: Callable[[], _T]) -> _T:
     """Retry transient failures with exponential backoff and jitter, bounded in attempts and time."""
-    for attempt in stamina.retry_context(on=TransientError, attempts=4, timeout=timedelta(seconds=120)):
+    def retryable(exc: Exception) -> bool:
+        # A timed-out query is split by the caller instead of being sent again as it was.
+        return isinstance(exc, TransientError) and not isinstance(exc, QueryTimeout)
+
+    for attempt in stamina.retry_context(on=retryable, attempts=4, timeout=timedelta(seconds=120)):
         with attempt:
             return call()
     raise AssertionError("unreachable: stamina re-raises the last error")

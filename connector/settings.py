@@ -57,6 +57,7 @@ class Settings(BaseModel):
     salesforce_timeout_s: float = Field(default=60.0, gt=0, le=600)
     salesforce_page_size: int = Field(default=2000, ge=200, le=2000)
     sync_lag_s: float = Field(default=0.0, ge=0, le=3600)
+    lookback_s: float = Field(default=600.0, ge=0, le=7 * 86400)
 
     # Charles
     charles_base_url: str
@@ -71,6 +72,11 @@ class Settings(BaseModel):
     field_map: Path | None = None
     default_region: str | None = None
     tags_field: str | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)?$")
+
+    # Outcomes
+    delete_policy: Literal["mark", "skip"] = "mark"
+    duplicate_key_policy: Literal["first_owner", "reassign"] = "first_owner"
+    dead_letter_max_attempts: int = Field(default=5, ge=1, le=100)
 
     # Daemon and state
     state_url: str = "sqlite:///sfcharles-state.db"

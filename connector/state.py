@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from connector.cursor import Watermark, ensure_forward, format_iso
 from connector.errors import ConfigurationError, FatalError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -55,6 +55,106 @@ cycles = sa.Table(
     sa.Column("watermark_after", sa.String(64)),
     sa.Column("error", sa.Text),
 )
+
+
+# Per Salesforce record: the version last handled and what Charles last accepted. Feeds
+# the lookback de-duplication, change suppression and key-change detection.
+records = sa.Table(
+    "records",
+    metadata,
+    sa.Column("pipeline", sa.String(64), primary_key=True),
+    sa.Column("record_id", sa.String(18), primary_key=True),
+    sa.Column("modstamp", sa.String(32), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),  # delivered, skipped, deleted
+    sa.Column("payload_hash", sa.String(64)),
+    sa.Column("external_reference_id", sa.String(64)),
+    sa.Column("updated_at", sa.String(32), nullable=False),
+    sa.Index("ix_records_key", "pipeline", "external_reference_id"),
+)
+
+# Keys a record no longer uses because its phone number changed; Charles keeps a person
+# under each of them, so they are recorded instead of being forgotten.
+retired_keys = sa.Table(
+    "retired_keys",
+    metadata,
+    sa.Column("pipeline", sa.String(64), primary_key=True),
+    sa.Column("external_reference_id", sa.String(64), primary_key=True),
+    sa.Column("record_id", sa.String(18), nullable=False),
+    sa.Column("replaced_by", sa.String(64)),
+    sa.Column("retired_at", sa.String(32), nullable=False),
+)
+
+# Records set aside: Charles rejected them, or their key belongs to another record.
+dead_letters = sa.Table(
+    "dead_letters",
+    metadata,
+    sa.Column("pipeline", sa.String(64), primary_key=True),
+    sa.Column("record_id", sa.String(18), primary_key=True),
+    sa.Column("modstamp", sa.String(32), nullable=False),
+    sa.Column("reason", sa.String(64), nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("first_failed_at", sa.String(32), nullable=False),
+    sa.Column("last_failed_at", sa.String(32), nullable=False),
+)
+
+_VERSION_1_TABLES = (schema_info, watermarks, cycles)
+
+
+def _migrate_to_2(conn: sa.Connection) -> None:
+    for table in (records, retired_keys, dead_letters):
+        table.create(conn, checkfirst=True)
+
+
+# Version N is reached by running MIGRATIONS[N] on a store at version N - 1.
+MIGRATIONS: dict[int, Any] = {2: _migrate_to_2}
+
+
+@dataclass(frozen=True)
+class RecordState:
+    """What the store knows about one Salesforce record."""
+
+    modstamp: str
+    outcome: str
+    payload_hash: str | None
+    external_reference_id: str | None
+
+
+@dataclass(frozen=True)
+class Handled:
+    """One record's outcome, written with the watermark in a checkpoint."""
+
+    record_id: str
+    modstamp: str
+    outcome: str
+    payload_hash: str | None = None
+    external_reference_id: str | None = None
+
+
+@dataclass(frozen=True)
+class SetAside:
+    record_id: str
+    modstamp: str
+    reason: str
+    error: str
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    record_id: str
+    modstamp: str
+    reason: str
+    error: str | None
+    attempts: int
+    first_failed_at: str
+    last_failed_at: str
+
+
+@dataclass(frozen=True)
+class KeyChange:
+    record_id: str
+    old_key: str
+    new_key: str
 
 
 @dataclass(frozen=True)
@@ -102,17 +202,25 @@ class StateStore:
         self._migrate()
 
     def _migrate(self) -> None:
+        """Create a new store at version 1, then run every migration up to SCHEMA_VERSION."""
         try:
             with self._engine.begin() as conn:
-                metadata.create_all(conn)
+                for table in _VERSION_1_TABLES:
+                    table.create(conn, checkfirst=True)
                 row = conn.execute(sa.select(schema_info.c.value).where(schema_info.c.key == "schema_version")).first()
                 if row is None:
-                    conn.execute(schema_info.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
-                elif int(row.value) > SCHEMA_VERSION:
+                    conn.execute(schema_info.insert().values(key="schema_version", value="1"))
+                    version = 1
+                else:
+                    version = int(row.value)
+                if version > SCHEMA_VERSION:
                     raise ConfigurationError(
-                        f"state store schema version {row.value} is newer than this connector supports "
+                        f"state store schema version {version} is newer than this connector supports "
                         f"({SCHEMA_VERSION}); upgrade the connector or point SFCHARLES_STATE_URL at another store"
                     )
+                for target in range(version + 1, SCHEMA_VERSION + 1):
+                    MIGRATIONS[target](conn)
+                    conn.execute(schema_info.update().where(schema_info.c.key == "schema_version").values(value=str(target)))
         except SQLAlchemyError as exc:
             raise FatalError(f"state store {self.describe()}: cannot open or migrate it: {exc.__class__.__name__}: {exc}") from exc
 
@@ -163,6 +271,108 @@ class StateStore:
             conn.execute(watermarks.update().where(watermarks.c.pipeline == pipeline).values(**values))
         else:
             conn.execute(watermarks.insert().values(pipeline=pipeline, **values))
+
+    # Records, checkpoints and dead letters
+
+    def record_states(self, pipeline: str, record_ids: list[str]) -> dict[str, RecordState]:
+        """What is stored for each of ``record_ids`` (missing ones are absent), in batches."""
+        found: dict[str, RecordState] = {}
+        with self._engine.connect() as conn:
+            for start in range(0, len(record_ids), 500):
+                chunk = record_ids[start : start + 500]
+                rows = conn.execute(
+                    sa.select(records).where(records.c.pipeline == pipeline, records.c.record_id.in_(chunk))
+                ).all()
+                for row in rows:
+                    found[row.record_id] = RecordState(row.modstamp, row.outcome, row.payload_hash, row.external_reference_id)
+        return found
+
+    def key_owners(self, pipeline: str, keys: list[str]) -> dict[str, str]:
+        """The record that currently owns each external_reference_id in ``keys``."""
+        owners: dict[str, str] = {}
+        with self._engine.connect() as conn:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                rows = conn.execute(
+                    sa.select(records.c.external_reference_id, records.c.record_id).where(
+                        records.c.pipeline == pipeline,
+                        records.c.external_reference_id.in_(chunk),
+                        records.c.outcome != "deleted",  # a deleted record releases its key
+                    ).order_by(records.c.updated_at)
+                ).all()
+                for row in rows:
+                    owners.setdefault(row.external_reference_id, row.record_id)
+        return owners
+
+    def checkpoint(
+        self,
+        pipeline: str,
+        *,
+        watermark: Watermark | None,
+        handled: list[Handled],
+        set_aside: list[SetAside],
+        key_changes: list[KeyChange],
+    ) -> None:
+        """Write a batch of outcomes and move the watermark, all in one transaction.
+
+        The watermark only moves forward here; a position at or behind the stored one is
+        ignored, because lookback re-reads and merge winners are handled out of order.
+        """
+        now = _now()
+        with self._engine.begin() as conn:
+            for item in handled:
+                self._upsert(conn, records, {"pipeline": pipeline, "record_id": item.record_id}, {
+                    "modstamp": item.modstamp, "outcome": item.outcome, "payload_hash": item.payload_hash,
+                    "external_reference_id": item.external_reference_id, "updated_at": now,
+                })
+                conn.execute(dead_letters.delete().where(dead_letters.c.pipeline == pipeline, dead_letters.c.record_id == item.record_id))
+            for change in key_changes:
+                self._upsert(conn, retired_keys, {"pipeline": pipeline, "external_reference_id": change.old_key}, {
+                    "record_id": change.record_id, "replaced_by": change.new_key, "retired_at": now,
+                })
+            for item in set_aside:
+                existing = conn.execute(
+                    sa.select(dead_letters.c.attempts, dead_letters.c.first_failed_at).where(
+                        dead_letters.c.pipeline == pipeline, dead_letters.c.record_id == item.record_id
+                    )
+                ).first()
+                self._upsert(conn, dead_letters, {"pipeline": pipeline, "record_id": item.record_id}, {
+                    "modstamp": item.modstamp, "reason": item.reason, "error": item.error[:1000],
+                    "attempts": 1 if existing is None else existing.attempts + 1,
+                    "first_failed_at": now if existing is None else existing.first_failed_at, "last_failed_at": now,
+                })
+            if watermark is not None:
+                row = conn.execute(sa.select(watermarks).where(watermarks.c.pipeline == pipeline)).first()
+                current = None if row is None else Watermark.from_strings(row.modstamp, row.record_id)
+                if current is None or watermark > current:
+                    self._write_watermark(conn, pipeline, watermark, exists=row is not None)
+
+    @staticmethod
+    def _upsert(conn: sa.Connection, table: sa.Table, key: dict[str, Any], values: dict[str, Any]) -> None:
+        condition = sa.and_(*(table.c[name] == value for name, value in key.items()))
+        updated = conn.execute(table.update().where(condition).values(**values))
+        if updated.rowcount == 0:
+            conn.execute(table.insert().values(**key, **values))
+
+    def dead_letters(self, pipeline: str) -> list[DeadLetter]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(dead_letters).where(dead_letters.c.pipeline == pipeline).order_by(dead_letters.c.first_failed_at, dead_letters.c.record_id)
+            ).all()
+        return [
+            DeadLetter(row.record_id, row.modstamp, row.reason, row.error, row.attempts, row.first_failed_at, row.last_failed_at)
+            for row in rows
+        ]
+
+    def discard_dead_letter(self, pipeline: str, record_id: str) -> bool:
+        with self._engine.begin() as conn:
+            deleted = conn.execute(dead_letters.delete().where(dead_letters.c.pipeline == pipeline, dead_letters.c.record_id == record_id))
+        return deleted.rowcount > 0
+
+    def retired_keys(self, pipeline: str) -> list[dict[str, str]]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(sa.select(retired_keys).where(retired_keys.c.pipeline == pipeline).order_by(retired_keys.c.retired_at)).all()
+        return [dict(row._mapping) for row in rows]
 
     # Cycle history
 

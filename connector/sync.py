@@ -1,9 +1,10 @@
-"""One sync cycle: fetch changes, map, push, advance the watermark.
+"""One sync cycle: fetch changes, map, drop what Charles already has, push, advance the watermark.
 
-The watermark only moves past a record once Charles acknowledged it or the mapping
-skipped it on purpose. Pushes run concurrently, so acknowledgements arrive out of order;
-``_Progress`` tracks the longest handled prefix of the ordered stream, and that prefix is
-what gets committed after every page and at the end.
+The watermark only moves past a record once Charles acknowledged it, the record was set
+aside in the dead-letter table, or it needed no push (skipped by the map, unchanged, or
+already handled at this version). Pushes run concurrently, so acknowledgements arrive
+out of order. ``_Progress`` tracks the longest handled prefix of the ordered stream, and
+that prefix is committed, with every outcome behind it, after each page.
 """
 
 from __future__ import annotations
@@ -11,130 +12,23 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections import Counter, deque
-from concurrent.futures import Future, wait
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import structlog
 
-from connector.charles import CharlesSink, PushResult
-from connector.cursor import OrderGuard, Watermark, describe, parse_salesforce_datetime
-from connector.errors import ConfigurationError, ConnectorError, FatalError, RecordError
-from connector.field_map import FieldMap, Mapped, Skipped
+from connector.cursor import OrderGuard, Watermark, describe, format_iso
+from connector.errors import ConfigurationError, ConnectorError, FatalError
+from connector.field_map import FieldMap, Mapped
 from connector.logs import get_logger
-from connector.salesforce import SalesforceSource
+from connector.outcomes import CycleReport, Decision, Mode, decide, mask_key
+from connector.progress import Entry, Progress
+from connector.salesforce import SalesforceSource, record_position
 from connector.settings import Settings
 from connector.state import StateStore
 
 log = get_logger("connector.sync")
-
-Mode = Literal["incremental", "backfill"]
-Status = Literal["succeeded", "partial", "interrupted", "failed"]
-
-
-@dataclass
-class CycleReport:
-    """What one cycle did; logged as ``sync.cycle_completed`` and stored in the cycle history."""
-
-    cycle_id: str
-    mode: Mode
-    status: Status = "succeeded"
-    fetched: int = 0
-    pushed: int = 0
-    skipped_by_reason: Counter[str] = field(default_factory=Counter)
-    failed_by_reason: Counter[str] = field(default_factory=Counter)
-    values_dropped: int = 0
-    watermark_before: Watermark | None = None
-    watermark_after: Watermark | None = None
-    window_end: datetime | None = None
-    duration_s: float = 0.0
-    error: str | None = None
-
-    @property
-    def skipped(self) -> int:
-        return sum(self.skipped_by_reason.values())
-
-    @property
-    def failed(self) -> int:
-        return sum(self.failed_by_reason.values())
-
-    def counts(self) -> dict[str, int]:
-        return {"fetched": self.fetched, "pushed": self.pushed, "skipped": self.skipped, "failed": self.failed}
-
-    def log_fields(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "fetched": self.fetched,
-            "pushed": self.pushed,
-            "skipped": self.skipped,
-            "skipped_by_reason": dict(sorted(self.skipped_by_reason.items())),
-            "failed": self.failed,
-            "failed_by_reason": dict(sorted(self.failed_by_reason.items())),
-            "values_dropped": self.values_dropped,
-            "watermark_before": describe(self.watermark_before),
-            "watermark_after": describe(self.watermark_after),
-            "duration_s": round(self.duration_s, 3),
-        }
-
-
-@dataclass
-class _Entry:
-    position: Watermark
-    future: Future[PushResult] | None  # None: the record was skipped, nothing to wait for
-
-
-class _Progress:
-    """The handled prefix of the ordered change stream, and the outcome counts."""
-
-    def __init__(self, report: CycleReport) -> None:
-        self._report = report
-        self._entries: deque[_Entry] = deque()
-        self.handled: Watermark | None = None
-        self._blocked = False  # set at the first failed record: the watermark stops before it
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def add(self, entry: _Entry) -> None:
-        self._entries.append(entry)
-
-    def collect(self, *, block: bool = False) -> None:
-        """Count finished entries from the head and extend the handled prefix."""
-        while self._entries:
-            head = self._entries[0]
-            if head.future is not None and not head.future.done():
-                if not block:
-                    return
-                wait([head.future])
-            self._entries.popleft()
-            if head.future is not None and not self._record_push(head):
-                self._blocked = True
-            if not self._blocked:
-                self.handled = head.position
-
-    def _record_push(self, entry: _Entry) -> bool:
-        assert entry.future is not None
-        try:
-            entry.future.result()
-        except RecordError as exc:
-            self._report.failed_by_reason[exc.reason] += 1
-            log.warning("charles.upsert_rejected", record_id=exc.record_id, reason=exc.reason, error=str(exc))
-            return False
-        except ConfigurationError:
-            raise
-        except Exception as exc:  # a bug must not lose the record: count it, keep the watermark before it
-            self._report.failed_by_reason["internal_error"] += 1
-            log.error("sync.push_crashed", record_id=entry.position.record_id, error_type=exc.__class__.__name__, exc_info=exc)
-            return False
-        self._report.pushed += 1
-        return True
-
-    def cancel_pending(self) -> None:
-        for entry in self._entries:
-            if entry.future is not None:
-                entry.future.cancel()
 
 
 class Syncer:
@@ -144,7 +38,7 @@ class Syncer:
         self,
         settings: Settings,
         source: SalesforceSource,
-        sink: CharlesSink,
+        sink: Any,
         store: StateStore,
         field_map: FieldMap,
         *,
@@ -158,16 +52,29 @@ class Syncer:
         self.pipeline = settings.pipeline
         self.stop_event = stop_event or threading.Event()
 
-    def run_cycle(self, mode: Mode = "incremental", *, since: datetime | None = None, until: datetime | None = None) -> CycleReport:
+    def run_cycle(
+        self,
+        mode: Mode = "incremental",
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        force: bool = False,
+    ) -> CycleReport:
         """Run one cycle and return its report; raises only for configuration errors."""
         report = CycleReport(cycle_id=uuid.uuid4().hex[:16], mode=mode)
         started = time.monotonic()
         with structlog.contextvars.bound_contextvars(cycle_id=report.cycle_id, mode=mode, pipeline=self.pipeline):
             report.watermark_before = self.store.get_watermark(self.pipeline)
             self.store.start_cycle(report.cycle_id, self.pipeline, mode, report.watermark_before)
-            log.info("sync.cycle_started", watermark=describe(report.watermark_before), since=since and since.isoformat(), until=until and until.isoformat())
+            log.info(
+                "sync.cycle_started",
+                watermark=describe(report.watermark_before),
+                since=since and format_iso(since),
+                until=until and format_iso(until),
+                force=force,
+            )
             try:
-                self._run(report, since=since, until=until)
+                self._run(report, since=since, until=until, force=force)
             except ConnectorError as exc:
                 report.status = "failed"
                 report.error = f"{exc.__class__.__name__}: {exc}"
@@ -177,46 +84,39 @@ class Syncer:
             self._finish(report, started)
         return report
 
-    def _finish(self, report: CycleReport, started: float) -> None:
-        report.duration_s = time.monotonic() - started
-        report.watermark_after = self.store.get_watermark(self.pipeline)
-        if report.status == "succeeded" and report.failed:
-            report.status = "partial"
-        self.store.finish_cycle(report.cycle_id, status=report.status, counts=report.counts(), watermark_after=report.watermark_after, error=report.error)
-        fields = report.log_fields()
-        if report.error:
-            fields["error"] = report.error
-        level = log.info if report.status in ("succeeded", "interrupted") else log.warning if report.status == "partial" else log.error
-        level("sync.cycle_completed", **fields)
-
-    def _run(self, report: CycleReport, *, since: datetime | None, until: datetime | None) -> None:
-        # Window: from the watermark (or the backfill's start) up to Salesforce's clock.
+    def _run(self, report: CycleReport, *, since: datetime | None, until: datetime | None, force: bool) -> None:
+        # Window: from the watermark, less the lookback, up to Salesforce's clock.
         start = self._window_start(report, since)
         end = self._window_end(until)
-        report.window_end = end
         if start is not None and start.modstamp >= end:
-            log.debug("sync.window_empty", start=str(start), end=end.isoformat())
+            log.debug("sync.window_empty", start=str(start), end=format_iso(end))
             return
 
-        # Fetch, map and push, one page at a time.
-        progress = _Progress(report)
+        # Records set aside in earlier cycles go first, by Id.
+        if report.mode == "incremental":
+            self._retry_dead_letters(report)
+
+        # The ordered stream of changes, committed page by page.
+        progress = Progress(report)
         guard = OrderGuard(start)
+        merge_winners: set[str] = set()
+        pushed_ids: set[str] = set()
+        fields = self.field_map.source_fields()
+        conditions = tuple(getattr(self.field_map, "soql_conditions", lambda: [])())
         try:
-            for page in self.source.changes(self.field_map.object_name, self.field_map.source_fields(), start, end):
-                for record in page.records:
+            for page in self.source.changes(self.field_map.object_name, fields, start, end, conditions):
+                decisions = self._decide_page(page.records, report, force=force)
+                for record, decision in zip(page.records, decisions, strict=True):
                     if self.stop_event.is_set():
                         report.status = "interrupted"
                         break
-                    report.fetched += 1
-                    position = _position(record)
+                    position = record_position(record)
                     guard.check(position)
-                    progress.add(_Entry(position, self._map_and_submit(record, report)))
-                    if len(progress) > 2 * self.settings.salesforce_page_size:
-                        progress.collect(block=True)  # bound memory when Charles is slower than Salesforce
-                    else:
-                        progress.collect()
-
-                # Checkpoint: commit the handled prefix after every page.
+                    report.fetched += 1
+                    progress.add(self._start(position, decision, report, pushed_ids))
+                    if decision.merged_into:
+                        merge_winners.add(decision.merged_into)
+                    progress.collect(block=len(progress) > 2 * self.settings.salesforce_page_size)
                 self._checkpoint(report, progress, since)
                 if report.status == "interrupted":
                     log.info("sync.stopping", reason="stop requested; finishing in-flight upserts")
@@ -229,49 +129,130 @@ class Syncer:
             self._checkpoint(report, progress, since)
             raise
 
-        # Drain the remaining pushes and commit the final position.
+        # Drain the remaining pushes and commit; then send merge winners again.
         progress.collect(block=True)
         self._checkpoint(report, progress, since)
+        if merge_winners and report.status != "interrupted":
+            self._resend(report, sorted(merge_winners - pushed_ids), reason="merge_winner")
+
+    # Window
 
     def _window_start(self, report: CycleReport, since: datetime | None) -> Watermark | None:
-        if report.mode == "incremental":
-            return report.watermark_before
-        return None if since is None else Watermark.start_of(since)
+        if report.mode == "backfill":
+            return None if since is None else Watermark.start_of(since)
+        watermark = report.watermark_before
+        if watermark is None or self.settings.lookback_s <= 0:
+            return watermark
+        # Re-read a window behind the watermark: a long transaction can commit a record
+        # whose SystemModstamp the watermark has already passed.
+        return Watermark.start_of(watermark.modstamp - timedelta(seconds=self.settings.lookback_s))
 
     def _window_end(self, until: datetime | None) -> datetime:
         end = self.source.server_time() - timedelta(seconds=self.settings.sync_lag_s)
         return end if until is None else min(end, until)
 
-    def _map_and_submit(self, record: dict[str, Any], report: CycleReport) -> Future[PushResult] | None:
-        outcome = self.field_map.apply(record)
-        if isinstance(outcome, Skipped):
-            report.skipped_by_reason[outcome.reason] += 1
-            log.debug("sync.record_skipped", record_id=outcome.record_id, reason=outcome.reason, detail=outcome.detail)
-            return None
-        assert isinstance(outcome, Mapped)
-        for note in outcome.notes:
-            report.values_dropped += 1
-            log.debug("mapping.value_dropped", record_id=outcome.record_id, note=note)
-        return self.sink.submit(outcome.record_id, outcome.payload)
+    # Decisions and pushes
 
-    def _checkpoint(self, report: CycleReport, progress: _Progress, since: datetime | None) -> None:
-        """Commit the handled prefix, never moving the daemon's watermark backwards.
+    def _decide_page(self, records: list[dict[str, Any]], report: CycleReport, *, force: bool) -> list[Decision]:
+        """Decide every record of a page, with one state-store read per kind of lookup."""
+        ids = [str(record.get("Id")) for record in records]
+        winners = [str(record["MasterRecordId"]) for record in records if record.get("MasterRecordId")]
+        states = self.store.record_states(self.pipeline, ids + winners)
+        mapped = [self.field_map.apply(record) for record in records]
+        mapped_keys = {
+            record_id: str(outcome.payload["external_reference_id"])
+            for record_id, outcome in zip(ids, mapped, strict=True)
+            if isinstance(outcome, Mapped)
+        }
+        owners = self.store.key_owners(self.pipeline, sorted(set(mapped_keys.values())))
+        decisions = []
+        for record_id, record, outcome in zip(ids, records, mapped, strict=True):
+            winner = str(record.get("MasterRecordId") or "")
+            winner_state = states.get(winner)
+            winner_key = mapped_keys.get(winner) or (winner_state.external_reference_id if winner_state else None)
+            decision = decide(record, outcome, states.get(record_id), owners, self.settings, force=force, merge_winner_key=winner_key)
+            if decision.key and decision.action in ("push", "unchanged") and decision.kind == "delivered":
+                owners[decision.key] = record_id  # later records in this cycle see the new owner
+            elif decision.kind == "deleted" and decision.key and owners.get(decision.key) == record_id:
+                del owners[decision.key]  # a deleted record releases its key
+            decisions.append(decision)
+        return decisions
+
+    def _start(self, position: Watermark, decision: Decision, report: CycleReport, pushed_ids: set[str]) -> Entry:
+        """Count an immediate outcome or submit the upsert; return the entry to track."""
+        report.count(decision)
+        if decision.key_change is not None:
+            change = decision.key_change
+            log.warning(
+                "identity.key_changed", record_id=change.record_id,
+                old_key=mask_key(change.old_key), new_key=mask_key(change.new_key) if change.new_key else None,
+            )
+        for note in decision.notes:
+            log.debug("mapping.value_dropped", record_id=decision.record_id, note=note)
+        if decision.action == "skip":
+            log.debug("sync.record_skipped", record_id=decision.record_id, reason=decision.reason, detail=decision.detail)
+        if decision.action == "set_aside":
+            log.warning("sync.record_set_aside", record_id=decision.record_id, reason=decision.reason, error=decision.detail)
+        future = None
+        if decision.action == "push":
+            assert decision.payload is not None
+            future = self.sink.submit(decision.record_id, decision.payload)
+            pushed_ids.add(decision.record_id)
+        return Entry(position, decision, future)
+
+    def _checkpoint(self, report: CycleReport, progress: Progress, since: datetime | None) -> None:
+        """Commit collected outcomes and the handled prefix, never moving the watermark back.
 
         A backfill moves the daemon's watermark only when its window joins up with what
         the daemon already covered; otherwise a gap before ``since`` would be skipped.
         """
         handled = progress.handled
-        if handled is None:
-            return
         if report.mode == "backfill":
             joined = since is None or (report.watermark_before is not None and since <= report.watermark_before.modstamp)
             if not joined:
-                return
-        self.store.advance_watermark_if_ahead(self.pipeline, handled)
+                handled = None
+        batch = progress.take_outcomes()
+        if handled is None and batch.empty:
+            return
+        self.store.checkpoint(self.pipeline, watermark=handled, handled=batch.handled, set_aside=batch.set_aside, key_changes=batch.key_changes)
 
+    def _retry_dead_letters(self, report: CycleReport) -> None:
+        limit = self.settings.dead_letter_max_attempts
+        due = [letter.record_id for letter in self.store.dead_letters(self.pipeline) if letter.attempts < limit]
+        if due:
+            log.info("sync.dead_letters_retrying", count=len(due))
+            self._resend(report, due, reason="dead_letter", force=False)
 
-def _position(record: dict[str, Any]) -> Watermark:
-    try:
-        return Watermark(parse_salesforce_datetime(str(record["SystemModstamp"])), str(record["Id"]))
-    except (KeyError, ValueError) as exc:
-        raise FatalError(f"Salesforce returned a record without a usable Id and SystemModstamp: {exc}") from None
+    def _resend(self, report: CycleReport, record_ids: Iterable[str], *, reason: str, force: bool = True) -> None:
+        """Process records by Id outside the ordered stream; the watermark is not touched."""
+        ids = list(record_ids)
+        if not ids:
+            return
+        records = list(self.source.fetch_by_ids(self.field_map.object_name, self.field_map.source_fields(), ids))
+        log.debug("sync.resending", reason=reason, requested=len(ids), found=len(records))
+        progress = Progress(report)
+        for record, decision in zip(records, self._decide_page(records, report, force=force), strict=True):
+            progress.add(self._start(record_position(record), decision, report, set()))
+        progress.collect(block=True)
+        batch = progress.take_outcomes()
+        self.store.checkpoint(self.pipeline, watermark=None, handled=batch.handled, set_aside=batch.set_aside, key_changes=batch.key_changes)
+
+    # Report
+
+    def _finish(self, report: CycleReport, started: float) -> None:
+        report.duration_s = time.monotonic() - started
+        report.watermark_after = self.store.get_watermark(self.pipeline)
+        if report.status == "succeeded" and report.failed:
+            report.status = "partial"
+        self.store.finish_cycle(
+            report.cycle_id, status=report.status, counts=report.counts(), watermark_after=report.watermark_after, error=report.error
+        )
+        fields = report.log_fields()
+        if report.error:
+            fields["error"] = report.error
+        if report.status in ("succeeded", "interrupted"):
+            log.info("sync.cycle_completed", **fields)
+        elif report.status == "partial":
+            log.warning("sync.cycle_completed", **fields)
+        else:
+            log.error("sync.cycle_completed", **fields)

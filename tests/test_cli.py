@@ -60,9 +60,14 @@ def test_state_rewind_then_resync(env, charles) -> None:
     sent = len(charles.upserts)
 
     assert run_cli(["state", "rewind", "--to", "2000-01-01T00:00:00Z"], env).returncode == 0
-    result = run_cli(["sync"], env)
+    resync = run_cli(["sync"], env)
+    forced = run_cli(["backfill", "--force"], env)
 
-    assert result.returncode == 0
+    assert resync.returncode == 0
+    [summary] = [line for line in json_lines(resync.stdout) if line["event"] == "sync.cycle_completed"]
+    assert summary["fetched"] == 162
+    assert summary["pushed"] == 0, "unchanged records are not sent again"
+    assert forced.returncode == 0
     assert len(charles.upserts) == 2 * sent
 
 

@@ -68,8 +68,8 @@ def test_second_cycle_sends_nothing(salesforce, charles, make_app) -> None:
 
     second = syncer.run_cycle()
 
-    assert second.fetched == 0
     assert second.pushed == 0
+    assert second.fetched == second.reread, "the lookback re-reads records it already handled"
     assert len(charles.requests) == sent
     assert second.watermark_after == second.watermark_before
 
@@ -85,7 +85,7 @@ def test_edited_contact_sent_exactly_once(salesforce, charles, make_app) -> None
     report = syncer.run_cycle()
     syncer.run_cycle()
 
-    assert report.fetched == 1
+    assert report.fetched - report.reread == 1
     assert report.pushed == 1
     new_bodies = charles.upserts[sent:]
     assert len(new_bodies) == 1
@@ -144,10 +144,18 @@ def test_no_secret_in_any_log_line(salesforce, charles, make_app, logs) -> None:
         assert token not in text
 
 
-def test_rejected_record_holds_watermark(salesforce, charles, make_app) -> None:
+def ordered_mapped(salesforce):
     outcomes = [o for o in expected_outcomes(salesforce).values() if isinstance(o, Mapped)]
     records = {r["Id"]: r for r in salesforce.records("Contact")}
-    ordered = sorted(outcomes, key=lambda o: (parse_salesforce_datetime(records[o.record_id]["SystemModstamp"]), o.record_id))
+
+    def position(outcome: Mapped) -> Watermark:
+        return Watermark(parse_salesforce_datetime(records[outcome.record_id]["SystemModstamp"]), outcome.record_id)
+
+    return sorted(outcomes, key=position), position
+
+
+def test_rejected_record_set_aside_then_retried(salesforce, charles, make_app) -> None:
+    ordered, position = ordered_mapped(salesforce)
     victim = ordered[len(ordered) // 2]
     charles.reject(victim.payload["external_reference_id"], status=422, message="Invalid contact")
     syncer = make_app().syncer()
@@ -155,16 +163,39 @@ def test_rejected_record_holds_watermark(salesforce, charles, make_app) -> None:
     first = syncer.run_cycle()
 
     assert first.status == "partial"
-    assert dict(first.failed_by_reason) == {"http_422": 1}
-    victim_position = Watermark(parse_salesforce_datetime(records[victim.record_id]["SystemModstamp"]), victim.record_id)
-    assert first.watermark_after is not None and first.watermark_after < victim_position
+    assert dict(first.set_aside_by_reason) == {"http_422": 1}
+    assert first.watermark_after == position(ordered[-1]) or first.watermark_after > position(victim)
+    [letter] = syncer.store.dead_letters(syncer.pipeline)
+    assert (letter.record_id, letter.reason, letter.attempts) == (victim.record_id, "http_422", 1)
+    assert "Invalid contact" in (letter.error or "")
 
     charles.accept(victim.payload["external_reference_id"])
     second = syncer.run_cycle()
 
     assert second.status == "succeeded"
-    assert victim.payload["external_reference_id"] in {body["external_reference_id"] for body in charles.upserts[-second.pushed:]}
-    assert second.watermark_after is not None and second.watermark_after > victim_position
+    assert second.pushed == 1
+    assert charles.upserts[-1] == victim.payload
+    assert syncer.store.dead_letters(syncer.pipeline) == []
+
+
+def test_transient_failure_holds_watermark(salesforce, charles, make_app) -> None:
+    ordered, position = ordered_mapped(salesforce)
+    victim = ordered[len(ordered) // 2]
+    charles.reject(victim.payload["external_reference_id"], status=503, message="Unavailable")
+    syncer = make_app(charles_max_attempts="2").syncer()
+
+    first = syncer.run_cycle()
+
+    assert dict(first.failed_by_reason) == {"http_503": 1}
+    assert first.watermark_after is not None and first.watermark_after < position(victim)
+    assert syncer.store.dead_letters(syncer.pipeline) == []
+
+    charles.accept(victim.payload["external_reference_id"])
+    second = syncer.run_cycle()
+
+    assert second.status == "succeeded"
+    assert victim.payload in charles.upserts[-second.pushed:]
+    assert second.watermark_after == position(ordered[-1]) or second.watermark_after > position(victim)
 
 
 def test_backfill_never_moves_watermark_back(salesforce, charles, make_app) -> None:
@@ -173,8 +204,11 @@ def test_backfill_never_moves_watermark_back(salesforce, charles, make_app) -> N
     watermark = syncer.store.get_watermark(syncer.pipeline)
     sent = len(charles.upserts)
 
-    report = syncer.run_cycle("backfill", since=salesforce.now() - timedelta(days=30))
+    unforced = syncer.run_cycle("backfill", since=salesforce.now() - timedelta(days=30))
+    report = syncer.run_cycle("backfill", since=salesforce.now() - timedelta(days=30), force=True)
 
+    assert unforced.pushed == 0
+    assert unforced.reread == unforced.fetched == 162
     assert report.pushed == sent
     assert len(charles.upserts) == 2 * sent
     assert syncer.store.get_watermark(syncer.pipeline) == watermark

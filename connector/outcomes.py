@@ -1,0 +1,235 @@
+"""What happens to each record, decided before anything is sent, and the cycle's counts.
+
+``decide`` is a pure function of the record, its mapping and what the state store knows
+about it, so every rule here (lookback de-duplication, change suppression, deletes,
+merges, key changes, duplicate keys) is testable without a server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from connector.cursor import Watermark, describe, format_iso, parse_salesforce_datetime
+from connector.field_map import Mapped, Skipped
+from connector.settings import Settings
+from connector.state import KeyChange, RecordState
+
+Mode = Literal["incremental", "backfill"]
+Status = Literal["succeeded", "partial", "interrupted", "failed"]
+Action = Literal["push", "unchanged", "reread", "skip", "set_aside"]
+
+# How a deleted or merged-away contact is marked in Charles, which has no delete.
+DELETED_TAG = "salesforce-deleted"
+DELETED_PROPERTY = "salesforce_deleted"
+MERGED_INTO_PROPERTY = "salesforce_merged_into"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome chosen for one record, and what to store once it is carried out."""
+
+    record_id: str
+    modstamp: str
+    action: Action
+    reason: str | None = None
+    detail: str | None = None
+    payload: dict[str, Any] | None = None
+    key: str | None = None
+    payload_hash: str | None = None
+    kind: Literal["delivered", "skipped", "deleted"] = "delivered"
+    key_change: KeyChange | None = None
+    merged_into: str | None = None
+    notes: tuple[str, ...] = ()
+
+
+def payload_hash(payload: dict[str, Any]) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def mask_key(key: str | None) -> str | None:
+    """A phone-number key with its middle digits hidden, for logs: ``+1415*****71``."""
+    if not key:
+        return key
+    if len(key) <= 6:
+        return "*" * len(key)
+    return key[:5] + "*" * (len(key) - 7) + key[-2:]
+
+
+def decide(
+    record: dict[str, Any],
+    outcome: Mapped | Skipped,
+    state: RecordState | None,
+    owners: dict[str, str],
+    settings: Settings,
+    *,
+    force: bool = False,
+    merge_winner_key: str | None = None,
+) -> Decision:
+    """Choose what to do with one record.
+
+    ``owners`` maps external_reference_id to the record that holds it now.
+    ``merge_winner_key`` is the key of the record this one was merged into, when known.
+    """
+    record_id = str(record["Id"])
+    modstamp = parse_salesforce_datetime(str(record["SystemModstamp"]))
+    stamp = format_iso(modstamp)
+
+    if not force and state is not None and parse_salesforce_datetime(state.modstamp) >= modstamp:
+        # Already handled at this version: a lookback re-read or a repeat after a crash.
+        return Decision(record_id, stamp, "reread", kind=state.outcome)  # type: ignore[arg-type]
+
+    if record.get("IsDeleted") is True:
+        return _decide_deleted(record_id, stamp, record, outcome, state, owners, settings, force, merge_winner_key)
+
+    old_key = state.external_reference_id if state is not None and state.outcome != "deleted" else None
+    if isinstance(outcome, Skipped):
+        change = KeyChange(record_id, old_key, "") if old_key else None
+        return Decision(record_id, stamp, "skip", reason=outcome.reason, detail=outcome.detail, kind="skipped", key_change=change)
+
+    payload = outcome.payload
+    key = str(payload["external_reference_id"])
+    owner = owners.get(key)
+    detail = None
+    if owner is not None and owner != record_id:
+        if settings.duplicate_key_policy == "first_owner":
+            return Decision(
+                record_id, stamp, "set_aside", reason="duplicate_external_reference_id",
+                detail=f"external_reference_id {mask_key(key)} already belongs to Salesforce record {owner}",
+                key=key, notes=outcome.notes,
+            )
+        detail = f"external_reference_id {mask_key(key)} taken over from Salesforce record {owner}"
+
+    change = KeyChange(record_id, old_key, key) if old_key and old_key != key else None
+    digest = payload_hash(payload)
+    if not force and state is not None and state.outcome == "delivered" and state.payload_hash == digest:
+        return Decision(record_id, stamp, "unchanged", key=key, payload_hash=digest)
+    return Decision(
+        record_id, stamp, "push", detail=detail, payload=payload, key=key, payload_hash=digest,
+        key_change=change, notes=outcome.notes,
+    )
+
+
+def _decide_deleted(
+    record_id: str,
+    stamp: str,
+    record: dict[str, Any],
+    outcome: Mapped | Skipped,
+    state: RecordState | None,
+    owners: dict[str, str],
+    settings: Settings,
+    force: bool,
+    merge_winner_key: str | None,
+) -> Decision:
+    merged_into = str(record.get("MasterRecordId") or "") or None
+    known_key = state.external_reference_id if state is not None else None
+    mapped_key = str(outcome.payload["external_reference_id"]) if isinstance(outcome, Mapped) else None
+    key = known_key or mapped_key
+
+    def skip(reason: str, detail: str) -> Decision:
+        return Decision(record_id, stamp, "skip", reason=reason, detail=detail, key=key, kind="deleted", merged_into=merged_into)
+
+    if settings.delete_policy == "skip":
+        return skip("deleted", "SFCHARLES_DELETE_POLICY is skip")
+    if key is None:
+        return skip("deleted_never_sent", "deleted before it had a valid phone number")
+    owner = owners.get(key)
+    if owner is not None and owner != record_id:
+        return skip("deleted_key_in_use", f"its key now belongs to Salesforce record {owner}")
+    if merged_into is not None and (merge_winner_key is None or merge_winner_key == key):
+        # Marking this key would mark the merge winner's own person as deleted.
+        return skip("merged", f"merged into {merged_into}, which is sent again")
+
+    payload: dict[str, Any] = dict(outcome.payload) if mapped_key == key and isinstance(outcome, Mapped) else {
+        "external_reference_id": key, "source_type": "salesforce",
+    }
+    payload["tags"] = list(dict.fromkeys([*payload.get("tags", []), DELETED_TAG]))
+    properties = dict(payload.get("custom_properties", {}))
+    properties[DELETED_PROPERTY] = "true"
+    if merged_into is not None:
+        properties[MERGED_INTO_PROPERTY] = merged_into
+    payload["custom_properties"] = properties
+    digest = payload_hash(payload)
+    if not force and state is not None and state.outcome == "deleted" and state.payload_hash == digest:
+        return Decision(record_id, stamp, "unchanged", key=key, payload_hash=digest, kind="deleted")
+    return Decision(record_id, stamp, "push", payload=payload, key=key, payload_hash=digest, kind="deleted", merged_into=merged_into)
+
+
+@dataclass
+class CycleReport:
+    """What one cycle did; logged as ``sync.cycle_completed`` and stored in the cycle history."""
+
+    cycle_id: str
+    mode: Mode
+    status: Status = "succeeded"
+    fetched: int = 0
+    pushed: int = 0
+    unchanged: int = 0
+    reread: int = 0
+    deleted: int = 0
+    skipped_by_reason: Counter[str] = field(default_factory=Counter)
+    set_aside_by_reason: Counter[str] = field(default_factory=Counter)
+    failed_by_reason: Counter[str] = field(default_factory=Counter)
+    key_changes: int = 0
+    values_dropped: int = 0
+    watermark_before: Watermark | None = None
+    watermark_after: Watermark | None = None
+    window_end: datetime | None = None
+    duration_s: float = 0.0
+    error: str | None = None
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.skipped_by_reason.values())
+
+    @property
+    def set_aside(self) -> int:
+        return sum(self.set_aside_by_reason.values())
+
+    @property
+    def failed(self) -> int:
+        """Records not delivered because of an error: set aside, or holding the watermark."""
+        return self.set_aside + sum(self.failed_by_reason.values())
+
+    def count(self, decision: Decision) -> None:
+        """Count a decision that needs no push; pushes are counted when they finish."""
+        if decision.action == "unchanged":
+            self.unchanged += 1
+        elif decision.action == "reread":
+            self.reread += 1
+        elif decision.action == "skip":
+            self.skipped_by_reason[decision.reason or "unknown"] += 1
+        elif decision.action == "set_aside":
+            self.set_aside_by_reason[decision.reason or "unknown"] += 1
+        if decision.key_change is not None:
+            self.key_changes += 1
+        self.values_dropped += len(decision.notes)
+
+    def counts(self) -> dict[str, int]:
+        return {"fetched": self.fetched, "pushed": self.pushed, "skipped": self.skipped, "failed": self.failed}
+
+    def log_fields(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "fetched": self.fetched,
+            "pushed": self.pushed,
+            "unchanged": self.unchanged,
+            "reread": self.reread,
+            "deleted": self.deleted,
+            "skipped": self.skipped,
+            "skipped_by_reason": dict(sorted(self.skipped_by_reason.items())),
+            "failed": self.failed,
+            "set_aside": self.set_aside,
+            "set_aside_by_reason": dict(sorted(self.set_aside_by_reason.items())),
+            "failed_by_reason": dict(sorted(self.failed_by_reason.items())),
+            "key_changes": self.key_changes,
+            "values_dropped": self.values_dropped,
+            "watermark_before": describe(self.watermark_before),
+            "watermark_after": describe(self.watermark_after),
+            "duration_s": round(self.duration_s, 3),
+        }

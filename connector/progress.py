@@ -1,0 +1,116 @@
+"""The handled prefix of the ordered change stream, and the outcomes waiting to be committed."""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future, wait
+from dataclasses import dataclass, field
+
+from connector.charles import PushResult
+from connector.cursor import Watermark
+from connector.errors import ConfigurationError, RecordError
+from connector.logs import get_logger
+from connector.outcomes import CycleReport, Decision
+from connector.state import Handled, KeyChange, SetAside
+
+log = get_logger("connector.sync")
+
+
+@dataclass
+class Entry:
+    position: Watermark
+    decision: Decision
+    future: Future[PushResult] | None = None  # None: nothing was sent for this record
+
+
+@dataclass
+class OutcomeBatch:
+    handled: list[Handled] = field(default_factory=list)
+    set_aside: list[SetAside] = field(default_factory=list)
+    key_changes: list[KeyChange] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.handled or self.set_aside or self.key_changes)
+
+
+class Progress:
+    """Collects finished entries in stream order and tracks how far the stream is handled.
+
+    The first record whose push failed transiently blocks the handled prefix for the rest
+    of the cycle, so the watermark stays before it and the next cycle reads it again.
+    """
+
+    def __init__(self, report: CycleReport) -> None:
+        self._report = report
+        self._entries: deque[Entry] = deque()
+        self._batch = OutcomeBatch()
+        self.handled: Watermark | None = None
+        self._blocked = False
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, entry: Entry) -> None:
+        self._entries.append(entry)
+
+    def collect(self, *, block: bool = False) -> None:
+        """Take finished entries from the head; with ``block``, wait for all of them."""
+        while self._entries:
+            head = self._entries[0]
+            if head.future is not None and not head.future.done():
+                if not block:
+                    return
+                wait([head.future])
+            self._entries.popleft()
+            if not self._settle(head):
+                self._blocked = True
+            if not self._blocked:
+                self.handled = head.position
+
+    def take_outcomes(self) -> OutcomeBatch:
+        batch, self._batch = self._batch, OutcomeBatch()
+        return batch
+
+    def cancel_pending(self) -> None:
+        for entry in self._entries:
+            if entry.future is not None:
+                entry.future.cancel()
+
+    def _settle(self, entry: Entry) -> bool:
+        """Record the entry's outcome; return False if it must hold the watermark."""
+        decision = entry.decision
+        if entry.future is not None:
+            try:
+                entry.future.result()
+            except ConfigurationError:
+                raise
+            except RecordError as exc:
+                if exc.retryable:
+                    self._report.failed_by_reason[exc.reason] += 1
+                    log.warning("charles.upsert_failed", record_id=exc.record_id, reason=exc.reason, error=str(exc))
+                    return False
+                self._report.set_aside_by_reason[exc.reason] += 1
+                log.warning("charles.upsert_rejected", record_id=exc.record_id, reason=exc.reason, error=str(exc))
+                self._batch.set_aside.append(SetAside(decision.record_id, decision.modstamp, exc.reason, str(exc)))
+                return True
+            except Exception as exc:  # a bug must not lose the record: hold the watermark before it
+                self._report.failed_by_reason["internal_error"] += 1
+                log.error("sync.push_crashed", record_id=decision.record_id, error_type=exc.__class__.__name__, exc_info=exc)
+                return False
+            self._report.pushed += 1
+            if decision.kind == "deleted":
+                self._report.deleted += 1
+        self._store_outcome(decision)
+        return True
+
+    def _store_outcome(self, decision: Decision) -> None:
+        if decision.action == "reread":
+            return
+        if decision.action == "set_aside":
+            self._batch.set_aside.append(SetAside(decision.record_id, decision.modstamp, decision.reason or "set_aside", decision.detail or ""))
+            return
+        key = decision.key if decision.action != "skip" or decision.kind == "deleted" else None
+        self._batch.handled.append(Handled(decision.record_id, decision.modstamp, decision.kind, decision.payload_hash, key))
+        if decision.key_change is not None:
+            self._batch.key_changes.append(decision.key_change)
