@@ -238,3 +238,51 @@ def state_reset() -> None:
         log.info("state.watermark_reset", pipeline=settings.pipeline)
     finally:
         store.close()
+
+
+@main.command()
+@click.option("--id", "ids", multiple=True, metavar="ID", help="Salesforce Id of a record to preview; repeat for several (at most 200).")
+@click.option(
+    "--where",
+    metavar="SOQL",
+    help="SOQL condition choosing the records, sent to Salesforce as written as the WHERE of a SELECT over the map's fields.",
+)
+@click.option(
+    "--file",
+    "records_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="JSON file of records (a list, or an object with a records list); Salesforce is not contacted.",
+)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 2000), help="Maximum number of records read with --where.")
+@click.option(
+    "--map", "map_path", type=click.Path(exists=True, dir_okay=False), help="Field map file to use instead of SFCHARLES_FIELD_MAP."
+)
+def preview(ids: tuple[str, ...], where: str | None, records_file: str | None, limit: int, map_path: str | None) -> NoReturn:
+    """Print, as JSON, the upsert bodies that records would produce; nothing is sent to Charles.
+
+    Choose the records with --id, --where or --file. Each result has the payload and a
+    note for every dropped value, or the reason the record would be skipped. Log lines go
+    to stderr, so stdout contains only the JSON document.
+    """
+    from pathlib import Path
+
+    from connector.preview import run_preview
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format, settings.log_event_key, stream=sys.stderr)
+    try:
+        document = run_preview(
+            settings,
+            ids=ids,
+            where=where,
+            records_file=Path(records_file) if records_file else None,
+            limit=limit,
+            map_path=Path(map_path) if map_path else None,
+        )
+    except ConfigurationError as exc:
+        _fail_configuration(exc)
+    except ConnectorError as exc:
+        log.error("cli.command_failed", error_type=exc.__class__.__name__, error=str(exc))
+        sys.exit(EXIT_FAILED)
+    click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+    sys.exit(EXIT_OK)

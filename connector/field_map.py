@@ -1,125 +1,41 @@
 """Declarative field maps: from a Salesforce record to a Charles contact upsert body.
 
-A map is a YAML file (see ``field_maps/contact.yaml``). Loading validates its schema and
-reports problems with the file, line and key. ``FieldMap.apply`` turns one record into
-either a ``Mapped`` payload or a ``Skipped`` outcome with a reason; it never raises on
-record values, so one bad record cannot stop a cycle.
+A map is a YAML file. ``docs/field-maps.md`` describes the format, ``map_schema.py``
+validates it and ``transforms.py`` converts the values. Loading reports problems with the
+file, line and key. ``FieldMap.check_against`` compares the map with the object's
+describe (``describe_check.py``) before any record moves. ``FieldMap.apply`` turns one record into either a ``Mapped`` payload
+or a ``Skipped`` outcome with a reason. It never raises, so one bad record cannot stop a
+cycle, and each value it drops adds a note that names the field and the reason but
+never the value.
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
-from dataclasses import dataclass
-from functools import lru_cache
+import string
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import phonenumbers
-import pycountry
 import yaml
-from email_validator import EmailNotValidError, validate_email
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
+from connector import transforms
+from connector.describe_check import FieldUse, field_exists, type_problem, where_matches, where_problem
 from connector.errors import ConfigurationError
+from connector.map_schema import FieldMapSpec, TagSpec, ValueSpec, soql_literal, template_fields
+from connector.transforms import COUNTRY_FIELD_TYPES, FIELD_TYPES, Converted, country_to_region
+
+__all__ = ["FieldMap", "Mapped", "Skipped", "SOURCE_TYPE", "builtin_map_path", "country_to_region", "load_field_map"]
 
 SOURCE_TYPE = "salesforce"
 
-# Salesforce API names: letters, digits and underscores, custom ones ending in __c; a
-# relationship path such as Account.Name joins two of them with a dot.
-_FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,79}(\.[A-Za-z][A-Za-z0-9_]{0,79}){0,4}")
-# Charles custom property technical names, as shown in the tenant's settings.
-_PROPERTY_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
-
-# Country names that ISO 3166 (and so pycountry) does not list but Salesforce users type.
-_COUNTRY_ALIASES = {
-    "usa": "US", "u.s.": "US", "u.s.a.": "US", "america": "US", "united states of america": "US",
-    "uk": "GB", "u.k.": "GB", "great britain": "GB", "england": "GB", "scotland": "GB", "wales": "GB",
-    "deutschland": "DE", "österreich": "AT", "schweiz": "CH", "suisse": "CH", "españa": "ES",
-    "italia": "IT", "nederland": "NL", "holland": "NL", "россия": "RU", "south korea": "KR", "korea": "KR",
-}
-
-_PARSE_ERRORS = {
-    phonenumbers.NumberParseException.INVALID_COUNTRY_CODE: "invalid country code",
-    phonenumbers.NumberParseException.NOT_A_NUMBER: "not a number",
-    phonenumbers.NumberParseException.TOO_SHORT_AFTER_IDD: "too short after the international prefix",
-    phonenumbers.NumberParseException.TOO_SHORT_NSN: "too short",
-    phonenumbers.NumberParseException.TOO_LONG: "too long",
-}
-
-SkipReason = Literal["no_phone", "phone_invalid", "phone_region_unknown"]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class SourceSpec(_Model):
-    """One value read from a Salesforce field, or from the first non-empty of several."""
-
-    source: list[str] = Field(alias="from", min_length=1)
-    optional: bool = False
-
-    @field_validator("source", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("source")
-    @classmethod
-    def _valid_names(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if not _FIELD_NAME.fullmatch(name):
-                raise ValueError(f"{name!r} is not a Salesforce field API name (letters, digits, _, and . for relationships)")
-        return value
-
-
-class TypedSourceSpec(SourceSpec):
-    type: str = Field(min_length=1, max_length=40)
-
-
-class IdentitySpec(SourceSpec):
-    """Where ``external_reference_id`` comes from: the first valid phone number in the list."""
-
-    country_from: str | None = None
-
-    @field_validator("country_from")
-    @classmethod
-    def _valid_country_field(cls, value: str | None) -> str | None:
-        if value is not None and not _FIELD_NAME.fullmatch(value):
-            raise ValueError(f"{value!r} is not a Salesforce field API name")
-        return value
-
-
-class TagSpec(SourceSpec):
-    split: str | None = ";"
-
-
-class FieldMapSpec(_Model):
-    object: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
-    identity: IdentitySpec
-    names: dict[Literal["first_name", "middle_name", "last_name"], SourceSpec] = {}
-    phone_numbers: list[TypedSourceSpec] = []
-    email_addresses: list[TypedSourceSpec] = []
-    custom_properties: dict[str, SourceSpec] = {}
-    tags: list[TagSpec] = []
-
-    @field_validator("custom_properties")
-    @classmethod
-    def _property_names(cls, value: dict[str, SourceSpec]) -> dict[str, SourceSpec]:
-        for name in value:
-            if not _PROPERTY_NAME.fullmatch(name):
-                raise ValueError(
-                    f"custom property name {name!r} is invalid: use lower-case letters, digits and _, "
-                    "starting with a letter, as Charles technical names are"
-                )
-        return value
-
+SkipReason = Literal["no_phone", "phone_invalid", "phone_region_unknown", "filtered_out", "mapping_error"]
 
 @dataclass(frozen=True)
 class Mapped:
-    """A record that becomes an upsert; ``notes`` say which values were dropped and why."""
+    """A record that becomes an upsert; ``notes`` name the values dropped and why."""
 
     record_id: str
     payload: dict[str, Any]
@@ -135,256 +51,347 @@ class Skipped:
     detail: str
 
 
-@dataclass
-class _Normalised:
-    value: str | None = None
-    problem: str | None = None
-    reason: SkipReason | None = None
+@dataclass(frozen=True)
+class _Target:
+    """One entry of the map: where in the file it is, what it reads and where its value goes."""
+
+    key: str
+    loc: tuple[str | int, ...]
+    spec: ValueSpec
+    output: str
+    labels: dict[str, str] = field(default_factory=dict)
 
 
-@lru_cache(maxsize=2048)
-def country_to_region(country: str) -> str | None:
-    """Map a country as typed in Salesforce ("Germany", "DE", "USA") to an ISO region code."""
-    text = unicodedata.normalize("NFC", country).strip()
-    if not text:
-        return None
-    alias = _COUNTRY_ALIASES.get(text.lower())
-    if alias:
-        return alias
-    try:
-        return pycountry.countries.lookup(text).alpha_2
-    except LookupError:
-        return None
+class _RecordContext:
+    """Per-record state of one ``apply``: the record, the notes so far and resolved phone regions."""
 
+    def __init__(self, field_map: FieldMap, record: dict[str, Any]) -> None:
+        self.field_map = field_map
+        self.record = record
+        self.notes: dict[str, None] = {}
+        self._regions: dict[tuple[str, ...], str | None] = {}
 
-def normalise_phone(raw: str, region: str | None) -> _Normalised:
-    """Parse a phone number to E.164; extensions are not part of the result."""
-    text = raw.strip()
-    if not text.startswith("+") and region is None:
-        return _Normalised(problem="no country on the record and no default region", reason="phone_region_unknown")
-    try:
-        number = phonenumbers.parse(text, region)
-    except phonenumbers.NumberParseException as exc:
-        reason = _PARSE_ERRORS.get(exc.error_type, "unparseable")
-        return _Normalised(problem=f"not a phone number ({reason})", reason="phone_invalid")
-    if not phonenumbers.is_valid_number(number):
-        return _Normalised(problem=f"not a valid number for region {region or 'given by its + prefix'}", reason="phone_invalid")
-    return _Normalised(value=phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
-
-
-def _text(value: Any) -> str | None:
-    """A record value as trimmed NFC text; None, empty and non-scalar values become None."""
-    if value is None or isinstance(value, (dict, list)):
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    text = unicodedata.normalize("NFC", str(value)).strip()
-    return text or None
-
-
-def _lookup(record: dict[str, Any], path: str) -> Any:
-    value: Any = record
-    for part in path.split("."):
-        if not isinstance(value, dict):
+    def read(self, name: str) -> Any:
+        if name in self.field_map._unavailable:
             return None
-        value = value.get(part)
-    return value
+        value: Any = self.record
+        for part in name.split("."):
+            if not isinstance(value, dict):
+                return None
+            value = value.get(part)
+        return value
+
+    def note(self, field_name: str, key: str, problem: str) -> None:
+        self.notes[f"{field_name} dropped from {key}: {problem}"] = None
+
+    def region(self, country_fields: tuple[str, ...]) -> str | None:
+        """Return the region for national phone numbers: the record's first recognised country, else the default."""
+        if country_fields not in self._regions:
+            region = self.field_map.default_region
+            for name in country_fields:
+                country = transforms.scalar_text(self.read(name))
+                found = country_to_region(country.values[0]) if country.values else None
+                if found in phonenumbers.SUPPORTED_REGIONS:
+                    region = found
+                    break
+            self._regions[country_fields] = region
+        return self._regions[country_fields]
 
 
 class FieldMap:
     """A validated field map, ready to apply to records."""
 
-    def __init__(self, spec: FieldMapSpec, *, origin: str, default_region: str | None = None, tags_field: str | None = None) -> None:
+    def __init__(
+        self,
+        spec: FieldMapSpec,
+        *,
+        origin: str,
+        default_region: str | None = None,
+        tags_field: str | None = None,
+        node: yaml.Node | None = None,
+    ) -> None:
         self.spec = spec
         self.origin = origin
         self.default_region = default_region
-        self._tags = list(spec.tags)
-        if tags_field:
-            self._tags.append(TagSpec.model_validate({"from": tags_field}))
+        self._node = node
         self._unavailable: frozenset[str] = frozenset()
+        self._identity_countries = tuple(spec.identity.country_from or ())
+
+        self._names = [
+            _target(f"names.{name}", ("names", name), value, name) for name, value in spec.names.items()
+        ]
+        self._phones = [
+            _target(f"phone_numbers.{index}", ("phone_numbers", index), value, value.type)
+            for index, value in enumerate(spec.phone_numbers)
+        ]
+        self._emails = [
+            _target(f"email_addresses.{index}", ("email_addresses", index), value, value.type)
+            for index, value in enumerate(spec.email_addresses)
+        ]
+        self._properties = [
+            _target(f"custom_properties.{name}", ("custom_properties", name), value, name)
+            for name, value in spec.custom_properties.items()
+        ]
+        self._tags = [_target(f"tags.{index}", ("tags", index), value, "tags") for index, value in enumerate(spec.tags)]
+        if tags_field:
+            extra = TagSpec.model_validate({"from": tags_field})
+            self._tags.append(_target("SFCHARLES_TAGS_FIELD", (), extra, "tags"))
+        self._uses = self._field_uses()
 
     @property
     def object_name(self) -> str:
         return self.spec.object
 
-    def _specs(self) -> list[SourceSpec]:
-        return [
-            self.spec.identity,
-            *self.spec.names.values(),
-            *self.spec.phone_numbers,
-            *self.spec.email_addresses,
-            *self.spec.custom_properties.values(),
-            *self._tags,
+    def _targets(self) -> list[_Target]:
+        return [*self._names, *self._phones, *self._emails, *self._properties, *self._tags]
+
+    def _field_uses(self) -> list[FieldUse]:
+        identity = self.spec.identity
+        uses = [
+            FieldUse("identity.from", ("identity", "from"), name, FIELD_TYPES["phone"], "transform 'phone'", identity.optional)
+            for name in identity.source
         ]
+        uses += [
+            FieldUse("identity.country_from", ("identity", "country_from"), name, COUNTRY_FIELD_TYPES, "a country field", identity.optional)
+            for name in self._identity_countries
+        ]
+        for target in self._targets():
+            spec = target.spec
+            for name in spec.source or ():
+                reader = f"transform {spec.transform!r}"
+                uses.append(FieldUse(target.key, target.loc, name, FIELD_TYPES[spec.transform], reader, spec.optional))
+            if spec.template is not None:
+                for name in template_fields(spec.template):
+                    uses.append(FieldUse(target.key, target.loc, name, None, "a template", spec.optional))
+            for name in spec.country_from or ():
+                uses.append(FieldUse(target.key, target.loc, name, COUNTRY_FIELD_TYPES, "a country field", spec.optional))
+        return uses
 
     def source_fields(self) -> list[str]:
-        """Every Salesforce field the map reads, in a stable order, for the SOQL SELECT."""
+        """Return every Salesforce field the map reads, in a stable order, for the SOQL SELECT."""
         names: dict[str, None] = {}
-        for spec in self._specs():
-            for name in spec.source:
-                if name not in self._unavailable:
-                    names[name] = None
-        if self.spec.identity.country_from:
-            names[self.spec.identity.country_from] = None
+        for use in self._uses:
+            if use.name not in self._unavailable:
+                names[use.name] = None
+        for name in self.spec.where:
+            names[name] = None
         return list(names)
 
-    def check_against(self, describe_fields: dict[str, str]) -> list[str]:
-        """Compare the map with the object's describe (field name to type).
+    def soql_conditions(self) -> list[str]:
+        """Return the map's ``where`` as SOQL conditions (``IsPersonAccount = true``), to be joined with AND.
 
-        Returns the problems found. Optional fields that the org lacks are dropped from
-        the map instead, because orgs differ (MiddleName exists only where middle names
-        are enabled).
+        Field names passed the API-name pattern when the map was loaded, and values are
+        written as SOQL literals with strings escaped, so no fragment can change the
+        query's structure.
         """
-        known = {name.lower() for name in describe_fields}
+        return [f"{name} = {soql_literal(value)}" for name, value in self.spec.where.items()]
+
+    # ------------------------------------------------------------------ checks against the org
+
+    def check_against(self, describe_fields: dict[str, str]) -> list[str]:
+        """Compare the map with the object's describe (field API name to field type).
+
+        Returns the problems found: missing fields, types that a transform cannot read,
+        and ``where`` values that do not suit their field. Optional fields that the org
+        lacks are dropped from the map instead, because orgs differ (MiddleName exists
+        only where middle names are enabled).
+
+        NOTE: fields behind a relationship (Account.Name) are checked only for the lookup
+        field that leads to them (AccountId), because the parent object's describe is not read.
+        """
+        types = {name.lower(): str(field_type).lower() for name, field_type in describe_fields.items()}
         problems: list[str] = []
         unavailable: set[str] = set()
-        for spec in self._specs():
-            for name in spec.source:
-                root = name.split(".")[0]
-                if "." in name:
-                    # A relationship path starts with a relationship name, not a field name;
-                    # the lookup field behind it (Account -> AccountId) must exist.
-                    present = f"{root}id".lower() in known or root.lower().endswith("__r")
-                else:
-                    present = name.lower() in known
-                if present:
-                    continue
-                if spec.optional:
-                    unavailable.add(name)
+        for use in self._uses:
+            if not field_exists(use.name, types):
+                if use.optional:
+                    unavailable.add(use.name)
                 else:
                     problems.append(
-                        f"{self.origin}: field {name!r} does not exist on {self.object_name} in this org; "
-                        "fix the name, mark it optional: true, or remove it"
+                        f"{self._position(use.key, use.loc)}: field {use.name!r} does not exist on {self.object_name} "
+                        "in this org; fix the name, mark it optional: true, or remove it"
                     )
-        country = self.spec.identity.country_from
-        if country and country.lower() not in known:
-            problems.append(f"{self.origin}: identity.country_from field {country!r} does not exist on {self.object_name}")
+                continue
+            field_type = types.get(use.name.lower())
+            if field_type is None:
+                continue  # a relationship path: its type is on the parent object
+            problem = type_problem(field_type, use)
+            if problem:
+                problems.append(f"{self._position(use.key, use.loc)}: field {use.name!r} is of type {field_type} on {self.object_name}, {problem}")
+        for name, literal in self.spec.where.items():
+            problem = where_problem(name, literal, types, self.object_name)
+            if problem:
+                problems.append(f"{self._position(f'where.{name}', ('where', name))}: {problem}")
         self._unavailable = frozenset(unavailable)
+        if all(name in unavailable for name in self.spec.identity.source):
+            problems.append(
+                f"{self._position('identity.from', ('identity', 'from'))}: none of the identity fields exists on "
+                f"{self.object_name} in this org, so no record could get an external_reference_id"
+            )
         return problems
 
+    def _position(self, key: str, loc: tuple[str | int, ...]) -> str:
+        line = _line_of(self._node, loc) if self._node is not None and loc else None
+        return f"{self.origin}:{line}: {key}" if line else f"{self.origin}: {key}"
+
+    # ------------------------------------------------------------------ mapping records
+
     def apply(self, record: dict[str, Any]) -> Mapped | Skipped:
-        """Map one record; never raises on record values."""
-        record_id = str(record.get("Id") or "")
-        region = self._record_region(record)
-        notes: list[str] = []
+        """Map one record to an upsert body, or skip it with a reason; never raises."""
+        if not isinstance(record, dict):
+            return Skipped("", "mapping_error", f"the record is a {type(record).__name__}, not a JSON object")
+        record_id = _record_id(record)
+        try:
+            return self._apply(record, record_id)
+        except Exception as exc:  # noqa: BLE001
+            # The contract is that one record never stops a cycle. A bug here skips the
+            # record under its own reason, which the cycle summary counts, instead of raising.
+            return Skipped(record_id, "mapping_error", f"mapping failed with {exc.__class__.__name__}; report this as a bug")
 
-        identity = self._identity(record, region)
+    def _apply(self, record: dict[str, Any], record_id: str) -> Mapped | Skipped:
+        context = _RecordContext(self, record)
+        for name, literal in self.spec.where.items():
+            if not where_matches(context.read(name), literal):
+                return Skipped(record_id, "filtered_out", f"{name} does not equal the map's where value")
+
+        identity = self._identity(context, record_id)
         if isinstance(identity, Skipped):
-            return Skipped(record_id, identity.reason, identity.detail)
-
+            return identity
         payload: dict[str, Any] = {"external_reference_id": identity, "source_type": SOURCE_TYPE}
-        for target, spec in self.spec.names.items():
-            value = self._first_text(record, spec)
-            if value is not None:
-                payload[target] = value
 
-        phones = self._typed_values(record, self.spec.phone_numbers, notes, lambda text: normalise_phone(text, region))
+        for target in self._names:
+            values = self._values(target, context)
+            if values:
+                payload[target.output] = values[0]
+
+        phones = self._contact_points(self._phones, context, fold=False)
         if phones:
             payload["phone_numbers"] = phones
-        emails = self._typed_values(record, self.spec.email_addresses, notes, _normalise_email)
+        emails = self._contact_points(self._emails, context, fold=True)
         if emails:
             payload["email_addresses"] = emails
 
         properties = {}
-        for name, spec in self.spec.custom_properties.items():
-            value = self._first_text(record, spec)
-            if value is not None:
-                properties[name] = value
+        for target in self._properties:
+            values = self._values(target, context)
+            if values:
+                properties[target.output] = values[0]
         if properties:
             payload["custom_properties"] = properties
 
-        tags = self._tag_values(record)
+        tags: dict[str, None] = {}
+        for target in self._tags:
+            tags.update(dict.fromkeys(self._values(target, context)))
         if tags:
-            payload["tags"] = tags
-        return Mapped(record_id, payload, tuple(notes))
+            payload["tags"] = list(tags)
+        return Mapped(record_id, payload, tuple(context.notes))
 
-    def _record_region(self, record: dict[str, Any]) -> str | None:
-        field_name = self.spec.identity.country_from
-        if field_name:
-            country = _text(_lookup(record, field_name))
-            if country:
-                region = country_to_region(country)
-                if region:
-                    return region
-        return self.default_region
-
-    def _identity(self, record: dict[str, Any], region: str | None) -> str | Skipped:
-        first_problem: _Normalised | None = None
-        first_field = ""
-        for name in self.spec.identity.source:
-            if name in self._unavailable:
-                continue
-            text = _text(_lookup(record, name))
-            if text is None:
-                continue
-            result = normalise_phone(text, region)
-            if result.value:
-                return result.value
-            if first_problem is None:
-                first_problem, first_field = result, name
-        record_id = str(record.get("Id") or "")
+    def _identity(self, context: _RecordContext, record_id: str) -> str | Skipped:
+        region = context.region(self._identity_countries)
+        first_problem: tuple[str, Converted] | None = None
+        available = [name for name in self.spec.identity.source if name not in self._unavailable]
+        for name in available:
+            converted = transforms.to_phone(context.read(name), region)
+            if converted.values:
+                return converted.values[0]
+            if converted.problem:
+                context.note(name, "external_reference_id", converted.problem)
+                if first_problem is None:
+                    first_problem = (name, converted)
         if first_problem is None:
-            fields = " and ".join(self.spec.identity.source)
-            return Skipped(record_id, "no_phone", f"{fields} are empty")
-        assert first_problem.reason is not None
-        return Skipped(record_id, first_problem.reason, f"{first_field}: {first_problem.problem}")
+            verb = "is" if len(available) == 1 else "are"
+            return Skipped(record_id, "no_phone", f"{' and '.join(available) or 'the identity fields'} {verb} empty")
+        name, converted = first_problem
+        return Skipped(record_id, converted.phone_problem or "phone_invalid", f"{name}: {converted.problem}")
 
-    def _first_text(self, record: dict[str, Any], spec: SourceSpec) -> str | None:
-        for name in spec.source:
-            if name in self._unavailable:
-                continue
-            value = _text(_lookup(record, name))
-            if value is not None:
-                return value
-        return None
-
-    def _typed_values(self, record: dict[str, Any], specs: list[TypedSourceSpec], notes: list[str], normalise: Any) -> list[dict[str, str]]:
-        values: list[dict[str, str]] = []
+    def _contact_points(self, targets: list[_Target], context: _RecordContext, *, fold: bool) -> list[dict[str, str]]:
+        """Return ``{type, value}`` entries, dropping repeats of a value (case-insensitively when ``fold``)."""
+        points: list[dict[str, str]] = []
         seen: set[str] = set()
-        for spec in specs:
-            for name in spec.source:
-                if name in self._unavailable:
-                    continue
-                text = _text(_lookup(record, name))
-                if text is None:
-                    continue
-                result = normalise(text)
-                if result.problem:
-                    notes.append(f"{name} dropped: {result.problem}")
-                    continue
-                key = result.value.lower()
+        for target in targets:
+            for value in self._values(target, context):
+                key = value.casefold() if fold else value
                 if key not in seen:
                     seen.add(key)
-                    values.append({"type": spec.type, "value": result.value})
-                break
-        return values
+                    points.append({"type": target.output, "value": value})
+        return points
 
-    def _tag_values(self, record: dict[str, Any]) -> list[str]:
-        tags: dict[str, None] = {}
-        for spec in self._tags:
-            for name in spec.source:
-                text = _text(_lookup(record, name))
-                if text is None:
-                    continue
-                parts = text.split(spec.split) if spec.split else [text]
-                for part in parts:
-                    tag = part.strip()
-                    if tag:
-                        tags[tag] = None
-        return list(tags)
+    def _values(self, target: _Target, context: _RecordContext) -> list[str]:
+        """Return the strings one map entry yields for the record: from the first field that gives any."""
+        spec = target.spec
+        if spec.value is not None:
+            return [spec.value]
+        if spec.template is not None:
+            text = self._render(target, context)
+            candidates: list[tuple[str, Any]] = [("template", text)] if text else []
+        else:
+            candidates = [(name, context.read(name)) for name in spec.source or () if name not in self._unavailable]
+        for field_name, raw in candidates:
+            converted = self._convert(spec, raw, context)
+            if converted.problem:
+                context.note(field_name, target.key, converted.problem)
+            if converted.values:
+                return [self._label(target, value) for value in converted.values]
+        return []
+
+    def _render(self, target: _Target, context: _RecordContext) -> str | None:
+        """Fill a template; empty placeholders become empty text, and whitespace runs collapse to one space."""
+        parts: list[str] = []
+        filled = False
+        for literal, field_name, _spec, _conversion in string.Formatter().parse(target.spec.template or ""):
+            parts.append(literal)
+            if field_name is None:
+                continue
+            converted = transforms.scalar_text(context.read(field_name))
+            if converted.problem:
+                context.note(field_name, target.key, converted.problem)
+            if converted.values:
+                parts.append(converted.values[0])
+                filled = True
+        return " ".join("".join(parts).split()) if filled else None
+
+    def _convert(self, spec: ValueSpec, raw: Any, context: _RecordContext) -> Converted:
+        transform = spec.transform
+        if transform in ("phone", "phone_extension"):
+            countries = tuple(spec.country_from) if spec.country_from else self._identity_countries
+            region = context.region(countries)
+            return transforms.to_phone(raw, region) if transform == "phone" else transforms.to_phone_extension(raw, region)
+        if transform == "email":
+            return transforms.to_email(raw)
+        if transform == "multipicklist":
+            return transforms.to_list(raw, spec.split)
+        if transform == "boolean":
+            return transforms.to_boolean(raw)
+        if transform == "number":
+            return transforms.to_number(raw, spec.decimals)
+        if transform == "date":
+            return transforms.to_date(raw, spec.format)
+        if transform == "datetime":
+            return transforms.to_datetime(raw, spec.format)
+        return transforms.scalar_text(raw)
+
+    @staticmethod
+    def _label(target: _Target, value: str) -> str:
+        if not target.labels:
+            return value
+        label = target.labels.get(value.casefold())
+        if label is not None:
+            return label
+        return target.spec.default if target.spec.default is not None else value
 
 
-def _normalise_email(text: str) -> _Normalised:
-    try:
-        # No DNS look-ups: a sync loop must not depend on a resolver for every record.
-        result = validate_email(text, check_deliverability=False)
-    except EmailNotValidError as exc:
-        return _Normalised(problem=f"invalid email address ({exc})")
-    return _Normalised(value=result.normalized)
+def _target(key: str, loc: tuple[str | int, ...], spec: ValueSpec, output: str) -> _Target:
+    labels = {source.casefold(): label for source, label in (spec.map or {}).items()}
+    return _Target(key, loc, spec, output, labels)
+
+
+def _record_id(record: dict[str, Any]) -> str:
+    value = record.get("Id")
+    return value if isinstance(value, str) else ""
 
 
 def builtin_map_path(name: str = "contact.yaml") -> Path:
-    """The shipped map: from the source tree in a checkout, else from the installed package."""
+    """Return the path of a shipped map: in the source tree in a checkout, else in the installed package."""
     checkout = Path(__file__).resolve().parent.parent / "field_maps" / name
     if checkout.is_file():
         return checkout
@@ -393,7 +400,7 @@ def builtin_map_path(name: str = "contact.yaml") -> Path:
 
 def load_field_map(path: Path | None = None, *, default_region: str | None = None, tags_field: str | None = None) -> FieldMap:
     """Read and validate a field map file; raise ConfigurationError naming file, line and key."""
-    map_path = path or builtin_map_path()
+    map_path = Path(path) if path is not None else builtin_map_path()
     try:
         text = map_path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -415,11 +422,11 @@ def load_field_map(path: Path | None = None, *, default_region: str | None = Non
             where = f"{map_path}:{line}" if line else str(map_path)
             problems.append(f"  - {where}: key {'.'.join(loc) or '(top level)'}: {error['msg'].removeprefix('Value error, ')}")
         raise ConfigurationError(f"invalid field map ({len(problems)} problem(s)):\n" + "\n".join(problems)) from None
-    return FieldMap(spec, origin=str(map_path), default_region=default_region, tags_field=tags_field)
+    return FieldMap(spec, origin=str(map_path), default_region=default_region, tags_field=tags_field, node=node)
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """The 1-based line of the deepest YAML node on the error's path that exists."""
+    """Return the 1-based line of the deepest key or list item on the error's path that exists."""
     line = None
     current = node
     for part in loc:
@@ -435,7 +442,6 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
                     break
         elif isinstance(current, yaml.SequenceNode) and isinstance(part, int) and part < len(current.value):
             child = current.value[part]
+            line = child.start_mark.line + 1
         current = child
-    if current is not None:
-        line = current.start_mark.line + 1
     return line

@@ -42,7 +42,7 @@ class Decision:
     key: str | None = None
     payload_hash: str | None = None
     kind: Literal["delivered", "skipped", "deleted"] = "delivered"
-    key_change: KeyChange | None = None
+    key_changes: tuple[KeyChange, ...] = ()
     merged_into: str | None = None
     notes: tuple[str, ...] = ()
 
@@ -68,13 +68,16 @@ def decide(
     owners: dict[str, str],
     settings: Settings,
     *,
+    active_keys: tuple[str, ...] = (),
     force: bool = False,
     merge_winner_key: str | None = None,
 ) -> Decision:
     """Choose what to do with one record.
 
-    ``owners`` maps external_reference_id to the record that holds it now.
-    ``merge_winner_key`` is the key of the record this one was merged into, when known.
+    ``owners`` maps external_reference_id to the record that holds it now, and
+    ``active_keys`` are the keys this record holds.
+    ``merge_winner_key`` is the current key of the record this one was merged into, or
+    None when that record has no valid phone number.
     """
     record_id = str(record["Id"])
     modstamp = parse_salesforce_datetime(str(record["SystemModstamp"]))
@@ -85,12 +88,11 @@ def decide(
         return Decision(record_id, stamp, "reread", kind=state.outcome)  # type: ignore[arg-type]
 
     if record.get("IsDeleted") is True:
-        return _decide_deleted(record_id, stamp, record, outcome, state, owners, settings, force, merge_winner_key)
+        return _decide_deleted(record_id, stamp, record, outcome, state, owners, settings, force, merge_winner_key, active_keys)
 
-    old_key = state.external_reference_id if state is not None and state.outcome != "deleted" else None
     if isinstance(outcome, Skipped):
-        change = KeyChange(record_id, old_key, "") if old_key else None
-        return Decision(record_id, stamp, "skip", reason=outcome.reason, detail=outcome.detail, kind="skipped", key_change=change)
+        changes = tuple(KeyChange(record_id, old, "") for old in active_keys)
+        return Decision(record_id, stamp, "skip", reason=outcome.reason, detail=outcome.detail, kind="skipped", key_changes=changes)
 
     payload = outcome.payload
     key = str(payload["external_reference_id"])
@@ -105,13 +107,13 @@ def decide(
             )
         detail = f"external_reference_id {mask_key(key)} taken over from Salesforce record {owner}"
 
-    change = KeyChange(record_id, old_key, key) if old_key and old_key != key else None
+    changes = tuple(KeyChange(record_id, old, key) for old in active_keys if old != key)
     digest = payload_hash(payload)
     if not force and state is not None and state.outcome == "delivered" and state.payload_hash == digest:
         return Decision(record_id, stamp, "unchanged", key=key, payload_hash=digest)
     return Decision(
         record_id, stamp, "push", detail=detail, payload=payload, key=key, payload_hash=digest,
-        key_change=change, notes=outcome.notes,
+        key_changes=changes, notes=outcome.notes,
     )
 
 
@@ -125,23 +127,30 @@ def _decide_deleted(
     settings: Settings,
     force: bool,
     merge_winner_key: str | None,
+    active_keys: tuple[str, ...],
 ) -> Decision:
     merged_into = str(record.get("MasterRecordId") or "") or None
-    known_key = state.external_reference_id if state is not None else None
+    # Only a person Charles already has is marked; marking would otherwise create one.
+    key = state.external_reference_id if state is not None and state.outcome in ("delivered", "deleted") else None
     mapped_key = str(outcome.payload["external_reference_id"]) if isinstance(outcome, Mapped) else None
-    key = known_key or mapped_key
+
+    # A deleted record gives up its keys: another record may take them over.
+    released = tuple(KeyChange(record_id, old, "") for old in active_keys)
 
     def skip(reason: str, detail: str) -> Decision:
-        return Decision(record_id, stamp, "skip", reason=reason, detail=detail, key=key, kind="deleted", merged_into=merged_into)
+        return Decision(
+            record_id, stamp, "skip", reason=reason, detail=detail, key=key, kind="deleted",
+            merged_into=merged_into, key_changes=released,
+        )
 
     if settings.delete_policy == "skip":
         return skip("deleted", "SFCHARLES_DELETE_POLICY is skip")
     if key is None:
-        return skip("deleted_never_sent", "deleted before it had a valid phone number")
+        return skip("deleted_never_sent", "deleted before Charles received it")
     owner = owners.get(key)
     if owner is not None and owner != record_id:
         return skip("deleted_key_in_use", f"its key now belongs to Salesforce record {owner}")
-    if merged_into is not None and (merge_winner_key is None or merge_winner_key == key):
+    if merged_into is not None and merge_winner_key == key:
         # Marking this key would mark the merge winner's own person as deleted.
         return skip("merged", f"merged into {merged_into}, which is sent again")
 
@@ -156,8 +165,11 @@ def _decide_deleted(
     payload["custom_properties"] = properties
     digest = payload_hash(payload)
     if not force and state is not None and state.outcome == "deleted" and state.payload_hash == digest:
-        return Decision(record_id, stamp, "unchanged", key=key, payload_hash=digest, kind="deleted")
-    return Decision(record_id, stamp, "push", payload=payload, key=key, payload_hash=digest, kind="deleted", merged_into=merged_into)
+        return Decision(record_id, stamp, "unchanged", key=key, payload_hash=digest, kind="deleted", key_changes=released)
+    return Decision(
+        record_id, stamp, "push", payload=payload, key=key, payload_hash=digest, kind="deleted",
+        merged_into=merged_into, key_changes=released,
+    )
 
 
 @dataclass
@@ -206,8 +218,8 @@ class CycleReport:
             self.skipped_by_reason[decision.reason or "unknown"] += 1
         elif decision.action == "set_aside":
             self.set_aside_by_reason[decision.reason or "unknown"] += 1
-        if decision.key_change is not None:
-            self.key_changes += 1
+        if decision.kind != "deleted":
+            self.key_changes += len(decision.key_changes)
         self.values_dropped += len(decision.notes)
 
     def counts(self) -> dict[str, int]:

@@ -112,5 +112,4 @@ class Progress:
             return
         key = decision.key if decision.action != "skip" or decision.kind == "deleted" else None
         self._batch.handled.append(Handled(decision.record_id, decision.modstamp, decision.kind, decision.payload_hash, key))
-        if decision.key_change is not None:
-            self._batch.key_changes.append(decision.key_change)
+        self._batch.key_changes.extend(decision.key_changes)

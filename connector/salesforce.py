@@ -44,6 +44,8 @@ _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,79}")
 _FIELD_PATH = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,79}(\.[A-Za-z][A-Za-z0-9_]{0,79}){0,4}")
 _API_USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
 _T = TypeVar("_T")
+# Largest LIMIT that fetch_where sends: one query page at the maximum batch size.
+MAX_FETCH_LIMIT = 2000
 
 # Always selected: the cursor (SystemModstamp, Id) and what tells deletes and merges apart.
 CURSOR_FIELDS = ("Id", "SystemModstamp", "IsDeleted", "MasterRecordId")
@@ -216,6 +218,25 @@ class SalesforceSource:
         _check_identifier(object_name)
         body = self._call(lambda sf: sf.restful(f"sobjects/{object_name}/describe"), f"describe {object_name}")
         return {item["name"]: item["type"] for item in body.get("fields", [])}
+
+    def fetch_where(self, object_name: str, fields: list[str], where: str, limit: int) -> list[dict[str, Any]]:
+        """Return at most ``limit`` records of ``SELECT Id, <fields> FROM <object> WHERE <where>``.
+
+        The object and field names are validated. ``where`` is sent as written, because it is
+        an operator's own condition (the ``preview`` command), not data from a record.
+        """
+        _check_identifier(object_name)
+        if not 1 <= limit <= MAX_FETCH_LIMIT:
+            raise ConfigurationError(f"limit {limit} is out of range; use 1 to {MAX_FETCH_LIMIT}")
+        selected: dict[str, None] = {"Id": None}
+        for name in fields:
+            if not _FIELD_PATH.fullmatch(name):
+                raise ConfigurationError(f"field {name!r} is not a Salesforce field API name; fix the field map")
+            selected[name] = None
+        soql = f"SELECT {', '.join(selected)} FROM {object_name} WHERE {where} LIMIT {limit}"
+        log.debug("salesforce.query_started", soql=soql)
+        result = self._call(lambda sf: sf.query_all(soql), f"query on {object_name}")
+        return list(result.get("records", []))
 
     def changes(
         self, object_name: str, fields: list[str], after: Watermark | None, before: datetime, conditions: tuple[str, ...] = ()

@@ -72,16 +72,21 @@ records = sa.Table(
     sa.Index("ix_records_key", "pipeline", "external_reference_id"),
 )
 
-# Keys a record no longer uses because its phone number changed; Charles keeps a person
-# under each of them, so they are recorded instead of being forgotten.
-retired_keys = sa.Table(
-    "retired_keys",
+# Every external_reference_id ever sent, and the record it belongs to. A key is claimed
+# before its first upsert is sent, so even a crash between the send and the checkpoint
+# leaves a trace. A key is retired when its record's phone number changes, the record
+# stops having a valid number, or the record is deleted; Charles keeps a person under
+# every retired key, so the key is recorded instead of being forgotten.
+identities = sa.Table(
+    "identities",
     metadata,
     sa.Column("pipeline", sa.String(64), primary_key=True),
     sa.Column("external_reference_id", sa.String(64), primary_key=True),
     sa.Column("record_id", sa.String(18), nullable=False),
+    sa.Column("claimed_at", sa.String(32), nullable=False),
+    sa.Column("retired_at", sa.String(32)),
     sa.Column("replaced_by", sa.String(64)),
-    sa.Column("retired_at", sa.String(32), nullable=False),
+    sa.Index("ix_identities_record", "pipeline", "record_id"),
 )
 
 # Records set aside: Charles rejected them, or their key belongs to another record.
@@ -102,7 +107,7 @@ _VERSION_1_TABLES = (schema_info, watermarks, cycles)
 
 
 def _migrate_to_2(conn: sa.Connection) -> None:
-    for table in (records, retired_keys, dead_letters):
+    for table in (records, identities, dead_letters):
         table.create(conn, checkfirst=True)
 
 
@@ -152,6 +157,8 @@ class DeadLetter:
 
 @dataclass(frozen=True)
 class KeyChange:
+    """A key that ``record_id`` no longer uses; ``new_key`` is empty when it has none now."""
+
     record_id: str
     old_key: str
     new_key: str
@@ -288,21 +295,63 @@ class StateStore:
         return found
 
     def key_owners(self, pipeline: str, keys: list[str]) -> dict[str, str]:
-        """The record that currently owns each external_reference_id in ``keys``."""
+        """The record that holds each active external_reference_id in ``keys``."""
         owners: dict[str, str] = {}
         with self._engine.connect() as conn:
             for start in range(0, len(keys), 500):
-                chunk = keys[start : start + 500]
                 rows = conn.execute(
-                    sa.select(records.c.external_reference_id, records.c.record_id).where(
-                        records.c.pipeline == pipeline,
-                        records.c.external_reference_id.in_(chunk),
-                        records.c.outcome != "deleted",  # a deleted record releases its key
-                    ).order_by(records.c.updated_at)
+                    sa.select(identities.c.external_reference_id, identities.c.record_id).where(
+                        identities.c.pipeline == pipeline,
+                        identities.c.external_reference_id.in_(keys[start : start + 500]),
+                        identities.c.retired_at.is_(None),
+                    )
+                ).all()
+                owners.update((row.external_reference_id, row.record_id) for row in rows)
+        return owners
+
+    def active_keys(self, pipeline: str, record_ids: list[str]) -> dict[str, list[str]]:
+        """The active keys of each record in ``record_ids`` (usually one, none if never sent)."""
+        found: dict[str, list[str]] = {}
+        with self._engine.connect() as conn:
+            for start in range(0, len(record_ids), 500):
+                rows = conn.execute(
+                    sa.select(identities.c.record_id, identities.c.external_reference_id).where(
+                        identities.c.pipeline == pipeline,
+                        identities.c.record_id.in_(record_ids[start : start + 500]),
+                        identities.c.retired_at.is_(None),
+                    ).order_by(identities.c.claimed_at)
                 ).all()
                 for row in rows:
-                    owners.setdefault(row.external_reference_id, row.record_id)
-        return owners
+                    found.setdefault(row.record_id, []).append(row.external_reference_id)
+        return found
+
+    def claim_keys(self, pipeline: str, claims: list[tuple[str, str]]) -> None:
+        """Record ``(key, record_id)`` pairs before their upserts are sent.
+
+        A key that is retired, or active for another record, moves to the claiming record:
+        the caller only claims a key another record holds when the duplicate-key policy is
+        ``reassign``.
+        """
+        if not claims:
+            return
+        now = _now()
+        with self._engine.begin() as conn:
+            for key, record_id in claims:
+                row = conn.execute(
+                    sa.select(identities.c.record_id).where(
+                        identities.c.pipeline == pipeline, identities.c.external_reference_id == key
+                    )
+                ).first()
+                if row is None:
+                    conn.execute(identities.insert().values(
+                        pipeline=pipeline, external_reference_id=key, record_id=record_id, claimed_at=now,
+                    ))
+                else:
+                    conn.execute(
+                        identities.update()
+                        .where(identities.c.pipeline == pipeline, identities.c.external_reference_id == key)
+                        .values(record_id=record_id, retired_at=None, replaced_by=None)
+                    )
 
     def checkpoint(
         self,
@@ -327,9 +376,15 @@ class StateStore:
                 })
                 conn.execute(dead_letters.delete().where(dead_letters.c.pipeline == pipeline, dead_letters.c.record_id == item.record_id))
             for change in key_changes:
-                self._upsert(conn, retired_keys, {"pipeline": pipeline, "external_reference_id": change.old_key}, {
-                    "record_id": change.record_id, "replaced_by": change.new_key, "retired_at": now,
-                })
+                conn.execute(
+                    identities.update()
+                    .where(
+                        identities.c.pipeline == pipeline,
+                        identities.c.external_reference_id == change.old_key,
+                        identities.c.record_id == change.record_id,
+                    )
+                    .values(retired_at=now, replaced_by=change.new_key or None)
+                )
             for item in set_aside:
                 existing = conn.execute(
                     sa.select(dead_letters.c.attempts, dead_letters.c.first_failed_at).where(
@@ -370,8 +425,13 @@ class StateStore:
         return deleted.rowcount > 0
 
     def retired_keys(self, pipeline: str) -> list[dict[str, str]]:
+        """Keys no record uses any more, each with the record that used it and its replacement."""
         with self._engine.connect() as conn:
-            rows = conn.execute(sa.select(retired_keys).where(retired_keys.c.pipeline == pipeline).order_by(retired_keys.c.retired_at)).all()
+            rows = conn.execute(
+                sa.select(identities.c.external_reference_id, identities.c.record_id, identities.c.replaced_by, identities.c.retired_at)
+                .where(identities.c.pipeline == pipeline, identities.c.retired_at.is_not(None))
+                .order_by(identities.c.retired_at)
+            ).all()
         return [dict(row._mapping) for row in rows]
 
     # Cycle history

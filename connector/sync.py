@@ -102,7 +102,7 @@ class Syncer:
         merge_winners: set[str] = set()
         pushed_ids: set[str] = set()
         fields = self.field_map.source_fields()
-        conditions = tuple(getattr(self.field_map, "soql_conditions", lambda: [])())
+        conditions = tuple(self.field_map.soql_conditions())
         try:
             for page in self.source.changes(self.field_map.object_name, fields, start, end, conditions):
                 decisions = self._decide_page(page.records, report, force=force)
@@ -157,32 +157,45 @@ class Syncer:
         """Decide every record of a page, with one state-store read per kind of lookup."""
         ids = [str(record.get("Id")) for record in records]
         winners = [str(record["MasterRecordId"]) for record in records if record.get("MasterRecordId")]
-        states = self.store.record_states(self.pipeline, ids + winners)
+        states = self.store.record_states(self.pipeline, ids)
         mapped = [self.field_map.apply(record) for record in records]
         mapped_keys = {
             record_id: str(outcome.payload["external_reference_id"])
             for record_id, outcome in zip(ids, mapped, strict=True)
             if isinstance(outcome, Mapped)
         }
+        missing_winners = sorted(set(winners) - set(ids))
+        if missing_winners:
+            # A merged-away record is marked only if its key is not the winner's own.
+            for winner_record in self.source.fetch_by_ids(self.field_map.object_name, self.field_map.source_fields(), missing_winners):
+                winner_outcome = self.field_map.apply(winner_record)
+                if isinstance(winner_outcome, Mapped):
+                    mapped_keys[str(winner_record["Id"])] = str(winner_outcome.payload["external_reference_id"])
         owners = self.store.key_owners(self.pipeline, sorted(set(mapped_keys.values())))
+        held = self.store.active_keys(self.pipeline, ids)
         decisions = []
         for record_id, record, outcome in zip(ids, records, mapped, strict=True):
-            winner = str(record.get("MasterRecordId") or "")
-            winner_state = states.get(winner)
-            winner_key = mapped_keys.get(winner) or (winner_state.external_reference_id if winner_state else None)
-            decision = decide(record, outcome, states.get(record_id), owners, self.settings, force=force, merge_winner_key=winner_key)
+            winner_key = mapped_keys.get(str(record.get("MasterRecordId") or ""))
+            decision = decide(
+                record, outcome, states.get(record_id), owners, self.settings,
+                active_keys=tuple(held.get(record_id, ())), force=force, merge_winner_key=winner_key,
+            )
+            for change in decision.key_changes:
+                if owners.get(change.old_key) == record_id:
+                    del owners[change.old_key]  # released keys are free for later records
             if decision.key and decision.action in ("push", "unchanged") and decision.kind == "delivered":
                 owners[decision.key] = record_id  # later records in this cycle see the new owner
-            elif decision.kind == "deleted" and decision.key and owners.get(decision.key) == record_id:
-                del owners[decision.key]  # a deleted record releases its key
             decisions.append(decision)
+
+        # Claim keys before anything is sent, so a crash right after a send leaves a trace.
+        claims = [(d.key, d.record_id) for d in decisions if d.action == "push" and d.key and d.kind == "delivered"]
+        self.store.claim_keys(self.pipeline, claims)
         return decisions
 
     def _start(self, position: Watermark, decision: Decision, report: CycleReport, pushed_ids: set[str]) -> Entry:
         """Count an immediate outcome or submit the upsert; return the entry to track."""
         report.count(decision)
-        if decision.key_change is not None:
-            change = decision.key_change
+        for change in decision.key_changes if decision.kind != "deleted" else ():
             log.warning(
                 "identity.key_changed", record_id=change.record_id,
                 old_key=mask_key(change.old_key), new_key=mask_key(change.new_key) if change.new_key else None,

@@ -15,6 +15,13 @@ real API:
 Test code drives it in-process through the :class:`SalesforceEmulator` methods, and other
 processes through the unauthenticated ``/_emulator/`` endpoints on the same server.
 
+By default the org has Contact, Account and User. ``leads=True`` (``--leads``) adds the
+Lead object, and ``person_accounts=True`` (``--person-accounts``) adds the Person Account
+fields to Account (``IsPersonAccount``, ``PersonMobilePhone``, ``PersonEmail``, ...). Each
+option also seeds the synthetic sample records of :mod:`connector.emulators.samples`. A
+person account is created with ``IsPersonAccount: true``, and its Name is built from its
+name fields. The emulator creates no Contact behind a person account, which a real org does.
+
 Some behaviour is not documented by Salesforce, so the emulator makes these choices:
 
 * HTTP 400 for ``INVALID_QUERY_LOCATOR`` and ``INVALID_REPLICATION_DATE``;
@@ -61,7 +68,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import jwt
 
-from connector.emulators import _tls, soql
+from connector.emulators import _tls, samples, soql
 
 __all__ = ["SalesforceEmulator", "main"]
 
@@ -310,22 +317,27 @@ def _reference(name: str, label: str, target: str, relationship: str, **override
     return _field(name, "reference", label, 18, referenceTo=[target], relationshipName=relationship, **overrides)
 
 
-def _address_fields(prefix: str) -> list[dict[str, Any]]:
+def _address_fields(prefix: str, label_prefix: str | None = None) -> list[dict[str, Any]]:
+    """Build the part fields and the compound field of an address, such as MailingStreet and MailingAddress.
+
+    Labels start with ``label_prefix`` (default: ``prefix``); Lead's address has an empty prefix.
+    """
     compound = f"{prefix}Address"
+    label = f"{prefix if label_prefix is None else label_prefix} ".lstrip()
     part = {"compoundFieldName": compound}
     return [
-        _field(f"{prefix}Street", "textarea", f"{prefix} Street", 255, extraTypeInfo="plaintextarea", **part),
-        _field(f"{prefix}City", "string", f"{prefix} City", 40, **part),
-        _field(f"{prefix}State", "string", f"{prefix} State/Province", 80, **part),
-        _field(f"{prefix}PostalCode", "string", f"{prefix} Zip/Postal Code", 20, **part),
-        _field(f"{prefix}Country", "string", f"{prefix} Country", 80, **part),
-        _field(f"{prefix}Latitude", "double", f"{prefix} Latitude", precision=18, scale=15, **part),
-        _field(f"{prefix}Longitude", "double", f"{prefix} Longitude", precision=18, scale=15, **part),
+        _field(f"{prefix}Street", "textarea", f"{label}Street", 255, extraTypeInfo="plaintextarea", **part),
+        _field(f"{prefix}City", "string", f"{label}City", 40, **part),
+        _field(f"{prefix}State", "string", f"{label}State/Province", 80, **part),
+        _field(f"{prefix}PostalCode", "string", f"{label}Zip/Postal Code", 20, **part),
+        _field(f"{prefix}Country", "string", f"{label}Country", 80, **part),
+        _field(f"{prefix}Latitude", "double", f"{label}Latitude", precision=18, scale=15, **part),
+        _field(f"{prefix}Longitude", "double", f"{label}Longitude", precision=18, scale=15, **part),
         _field(
-            f"{prefix}GeocodeAccuracy", "picklist", f"{prefix} Geocode Accuracy", 40,
+            f"{prefix}GeocodeAccuracy", "picklist", f"{label}Geocode Accuracy", 40,
             picklist=_GEOCODE_ACCURACY_VALUES, restrictedPicklist=True, **part,
         ),
-        _field(compound, "address", f"{prefix} Address", createable=False, updateable=False),
+        _field(compound, "address", f"{label}Address", createable=False, updateable=False),
     ]
 
 
@@ -423,6 +435,103 @@ def _account_fields() -> list[dict[str, Any]]:
     ]
 
 
+_LEAD_SOURCE_VALUES = ("Web", "Phone Inquiry", "Partner Referral", "Purchased List", "Other")
+_LEAD_STATUS_VALUES = ("Open - Not Contacted", "Working - Contacted", "Closed - Converted", "Closed - Not Converted")
+_INDUSTRY_VALUES = (
+    "Agriculture", "Banking", "Consulting", "Education", "Hospitality", "Manufacturing", "Retail", "Technology", "Other",
+)
+_DEFAULTED_CHECKBOX = {"nillable": False, "defaultedOnCreate": True}
+
+
+def _lead_fields() -> list[dict[str, Any]]:
+    """Return the standard Lead fields, plus the custom multi-select picklist Product_Interest__c."""
+    name_part = {"compoundFieldName": "Name", "extraTypeInfo": "personname"}
+    return [
+        _field("Id", "id", "Lead ID", 18, idLookup=True, **_READ_ONLY_DEFAULTED),
+        _field("IsDeleted", "boolean", "Deleted", **_READ_ONLY_DEFAULTED),
+        _reference("MasterRecordId", "Master Record ID", "Lead", "MasterRecord", **_SYSTEM),
+        _field("LastName", "string", "Last Name", 80, nillable=False, **name_part),
+        _field("FirstName", "string", "First Name", 40, **name_part),
+        _field("Salutation", "picklist", "Salutation", 40, picklist=("Mr.", "Ms.", "Mrs.", "Dr.", "Prof."), **name_part),
+        _field("MiddleName", "string", "Middle Name", 40, **name_part),
+        _field("Suffix", "string", "Suffix", 40, **name_part),
+        _field("Name", "string", "Full Name", 121, nillable=False, nameField=True, extraTypeInfo="personname", **_SYSTEM),
+        _field("Title", "string", "Title", 128),
+        _field("Company", "string", "Company", 255, nillable=False),
+        *_address_fields(""),
+        _field("Phone", "phone", "Phone", 40),
+        _field("MobilePhone", "phone", "Mobile Phone", 40),
+        _field("Fax", "phone", "Fax", 40),
+        _field("Email", "email", "Email", 80, idLookup=True),
+        _field("Website", "url", "Website", 255),
+        _field("PhotoUrl", "url", "Photo URL", 255, extraTypeInfo="imageurl", **_SYSTEM),
+        _field("Description", "textarea", "Description", 32000, extraTypeInfo="plaintextarea", filterable=False, sortable=False),
+        _field("LeadSource", "picklist", "Lead Source", 255, picklist=_LEAD_SOURCE_VALUES),
+        _field(
+            "Status", "picklist", "Status", 255, nillable=False, defaultedOnCreate=True,
+            picklist=_LEAD_STATUS_VALUES, defaultValue=_LEAD_STATUS_VALUES[0],
+        ),
+        _field("Industry", "picklist", "Industry", 255, picklist=_INDUSTRY_VALUES),
+        _field("Rating", "picklist", "Rating", 255, picklist=("Hot", "Warm", "Cold")),
+        _field("AnnualRevenue", "currency", "Annual Revenue", precision=18),
+        _field("NumberOfEmployees", "int", "Employees", digits=8),
+        _reference("OwnerId", "Owner ID", "User", "Owner", nillable=False, defaultedOnCreate=True),
+        _field("HasOptedOutOfEmail", "boolean", "Email Opt Out", **_DEFAULTED_CHECKBOX),
+        _field("IsConverted", "boolean", "Converted", **_DEFAULTED_CHECKBOX, updateable=False),
+        _field("ConvertedDate", "date", "Converted Date", **_SYSTEM),
+        _reference("ConvertedAccountId", "Converted Account ID", "Account", "ConvertedAccount", **_SYSTEM),
+        _reference("ConvertedContactId", "Converted Contact ID", "Contact", "ConvertedContact", **_SYSTEM),
+        _reference("ConvertedOpportunityId", "Converted Opportunity ID", "Opportunity", "ConvertedOpportunity", **_SYSTEM),
+        _field("IsUnreadByOwner", "boolean", "Unread By Owner", **_DEFAULTED_CHECKBOX),
+        *_audit_fields(),
+        _field("LastActivityDate", "date", "Last Activity", **_SYSTEM),
+        _field("DoNotCall", "boolean", "Do Not Call", **_DEFAULTED_CHECKBOX),
+        _field("HasOptedOutOfFax", "boolean", "Fax Opt Out", **_DEFAULTED_CHECKBOX),
+        _field("LastViewedDate", "datetime", "Last Viewed Date", **_SYSTEM),
+        _field("LastReferencedDate", "datetime", "Last Referenced Date", **_SYSTEM),
+        _field("LastTransferDate", "date", "Last Transfer Date", **_SYSTEM),
+        _field("EmailBouncedReason", "string", "Email Bounced Reason", 255),
+        _field("EmailBouncedDate", "datetime", "Email Bounced Date"),
+        _reference("IndividualId", "Individual ID", "Individual", "Individual"),
+        _field(
+            "Product_Interest__c", "multipicklist", "Product Interest", 4099,
+            picklist=("Golf", "Spa", "Dining", "Sailing"), aggregatable=False, groupable=False,
+        ),
+    ]
+
+
+# Fields that make up a person account's Name, as they do a Contact's.
+PERSON_ACCOUNT_NAME_PARTS = ("FirstName", "MiddleName", "LastName", "Suffix")
+
+
+def _person_account_fields() -> list[dict[str, Any]]:
+    """Return the fields that an org with Person Accounts adds to Account."""
+    name_part = {"compoundFieldName": "Name", "extraTypeInfo": "personname"}
+    return [
+        _field("IsPersonAccount", "boolean", "Is Person Account", **_READ_ONLY_DEFAULTED),
+        _reference("PersonContactId", "Person Contact ID", "Contact", "PersonContact", **_SYSTEM),
+        _field("LastName", "string", "Last Name", 80, **name_part),
+        _field("FirstName", "string", "First Name", 40, **name_part),
+        _field("Salutation", "picklist", "Salutation", 40, picklist=("Mr.", "Ms.", "Mrs.", "Dr.", "Prof."), **name_part),
+        _field("MiddleName", "string", "Middle Name", 40, **name_part),
+        _field("Suffix", "string", "Suffix", 40, **name_part),
+        *_address_fields("PersonMailing", "Mailing"),
+        _field("PersonMobilePhone", "phone", "Mobile", 40),
+        _field("PersonHomePhone", "phone", "Home Phone", 40),
+        _field("PersonOtherPhone", "phone", "Other Phone", 40),
+        _field("PersonEmail", "email", "Email", 80),
+        _field("PersonTitle", "string", "Title", 80),
+        _field("PersonDepartment", "string", "Department", 80),
+        _field("PersonBirthdate", "date", "Birthdate"),
+        _field("PersonLeadSource", "picklist", "Lead Source", 255, picklist=_LEAD_SOURCE_VALUES),
+        _field("PersonHasOptedOutOfEmail", "boolean", "Email Opt Out", **_DEFAULTED_CHECKBOX),
+        _field("PersonDoNotCall", "boolean", "Do Not Call", **_DEFAULTED_CHECKBOX),
+        _field("PersonEmailBouncedReason", "string", "Email Bounced Reason", 255),
+        _field("PersonEmailBouncedDate", "datetime", "Email Bounced Date"),
+        _reference("PersonIndividualId", "Individual ID", "Individual", "PersonIndividual"),
+    ]
+
+
 def _user_fields() -> list[dict[str, Any]]:
     return [
         _field("Id", "id", "User ID", 18, idLookup=True, **_READ_ONLY_DEFAULTED),
@@ -488,14 +597,20 @@ class SObjectType:
         return [describe for describe in self.fields if describe["type"] != "address"]
 
 
-def _default_object_types() -> dict[str, SObjectType]:
+def _default_object_types(*, leads: bool = False, person_accounts: bool = False) -> dict[str, SObjectType]:
     contact = SObjectType(
         "Contact", "003", "Contact", "Contacts", _contact_fields(),
         name_parts=("FirstName", "MiddleName", "LastName", "Suffix"),
     )
-    account = SObjectType("Account", "001", "Account", "Accounts", _account_fields())
+    account_fields = _account_fields() + (_person_account_fields() if person_accounts else [])
+    account = SObjectType("Account", "001", "Account", "Accounts", account_fields)
     user = SObjectType("User", "005", "User", "Users", _user_fields(), name_parts=("FirstName", "LastName"))
-    return {sobject.name: sobject for sobject in (account, contact, user)}
+    objects = [account, contact, user]
+    if leads:
+        objects.append(
+            SObjectType("Lead", "00Q", "Lead", "Leads", _lead_fields(), name_parts=("FirstName", "MiddleName", "LastName", "Suffix"))
+        )
+    return {sobject.name: sobject for sobject in objects}
 
 
 def _custom_field_describe(name: str, values: Sequence[Any]) -> dict[str, Any]:
@@ -528,8 +643,8 @@ class OrgStore:
     query snapshot that references the old dict keeps returning the values it had when it ran.
     """
 
-    def __init__(self) -> None:
-        self.objects = _default_object_types()
+    def __init__(self, *, leads: bool = False, person_accounts: bool = False) -> None:
+        self.objects = _default_object_types(leads=leads, person_accounts=person_accounts)
         self.records: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in self.objects}
         self.deleted_at: dict[str, dt.datetime] = {}
         self._next_number = {name: FIRST_RECORD_NUMBER for name in self.objects}
@@ -662,8 +777,10 @@ class OrgStore:
 
     @staticmethod
     def _with_name(sobject: SObjectType, record: dict[str, Any]) -> dict[str, Any]:
-        if sobject.name_parts:
-            record["Name"] = " ".join(str(record[part]) for part in sobject.name_parts if record.get(part)) or None
+        # A person account's Name is built from its person name fields, as a Contact's is.
+        name_parts = PERSON_ACCOUNT_NAME_PARTS if record.get("IsPersonAccount") else sobject.name_parts
+        if name_parts:
+            record["Name"] = " ".join(str(record[part]) for part in name_parts if record.get(part)) or None
         return record
 
     def create(
@@ -695,6 +812,12 @@ class OrgStore:
                 record[name] = value
         record["Id"] = record_id or self.new_id(sobject.name)
         record.update(values)
+        for describe in stored_fields:
+            # Checkboxes are never null in Salesforce: unset ones are false. Picklists may have a default.
+            if record[describe["name"]] is None:
+                record[describe["name"]] = False if describe["type"] == "boolean" else describe["defaultValue"]
+        if record.get("IsPersonAccount") and not record.get("LastName"):
+            raise RecordError(f"Required fields are missing: [LastName] on person {sobject.name}")
         self._with_name(sobject, record)
 
         for describe in stored_fields:
@@ -846,6 +969,25 @@ def seed_store(store: OrgStore, paths: Sequence[Path], base_time: dt.datetime) -
             store.create(sobject.name, fields, stamp, record_id=record_id)
         except RecordError as error:
             raise RecordError(f"seed file {path}: {error}") from error
+
+
+def seed_samples(store: OrgStore, base_time: dt.datetime, *, leads: bool, person_accounts: bool) -> None:
+    """Create the synthetic sample Leads and Person Accounts of :mod:`connector.emulators.samples`.
+
+    They get timestamps from ``base_time`` on, five records per second, like the seed files.
+    """
+    batches: list[tuple[str, Sequence[dict[str, Any]], dict[str, Any]]] = []
+    if leads:
+        batches.append(("Lead", samples.SAMPLE_LEADS, {}))
+    if person_accounts:
+        batches.append(("Account", samples.SAMPLE_PERSON_ACCOUNTS, {"IsPersonAccount": True}))
+        batches.append(("Account", samples.SAMPLE_BUSINESS_ACCOUNTS, {}))
+    index = 0
+    for object_name, records, extra in batches:
+        for fields in records:
+            stamp = base_time + dt.timedelta(seconds=index // SEED_RECORDS_PER_SECOND)
+            store.create(object_name, {**fields, **extra}, stamp)
+            index += 1
 
 
 def _resolve_seed_reference(
@@ -1188,6 +1330,8 @@ class SalesforceEmulator:
         *,
         ca_file: str | Path | None = None,
         token_lifetime_s: float = DEFAULT_TOKEN_LIFETIME_S,
+        leads: bool = False,
+        person_accounts: bool = False,
     ) -> None:
         if page_size < 1:
             raise ValueError(f"page_size must be at least 1, got {page_size}")
@@ -1236,7 +1380,7 @@ class SalesforceEmulator:
             else (self.now() - dt.timedelta(days=1)).replace(microsecond=0)
         )
         self.org_created = base_time
-        self._store = OrgStore()
+        self._store = OrgStore(leads=leads, person_accounts=person_accounts)
         self._store.create(
             "User",
             {"Username": username, "FirstName": "Integration", "LastName": "User", "Email": username},
@@ -1245,6 +1389,9 @@ class SalesforceEmulator:
         )
         paths = DEFAULT_SEED_FILES if seed_files is None else tuple(Path(path) for path in seed_files)
         seed_store(self._store, paths, base_time)
+        # An empty seed list ("--empty") means no sample records of any object.
+        if seed_files is None or paths:
+            seed_samples(self._store, base_time, leads=leads, person_accounts=person_accounts)
 
     # Lifecycle
 
@@ -2060,6 +2207,14 @@ def _build_argument_parser() -> argparse.ArgumentParser:
         help="sfdx tree-import JSON file to load; repeat for several files (default: the bundled sample contacts)",
     )
     parser.add_argument("--empty", action="store_true", help="start with no seeded records")
+    parser.add_argument(
+        "--leads", action="store_true", help="serve the Lead object and seed synthetic sample Leads"
+    )
+    parser.add_argument(
+        "--person-accounts",
+        action="store_true",
+        help="add the Person Account fields to Account and seed synthetic sample person accounts",
+    )
 
     parser.add_argument(
         "--page-size",
@@ -2114,6 +2269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             jwt_public_key_pem=public_key,
             daily_api_limit=arguments.daily_api_limit,
             ca_file=arguments.ca_file,
+            leads=arguments.leads,
+            person_accounts=arguments.person_accounts,
         )
         emulator.start()
     except (OSError, ValueError) as error:
