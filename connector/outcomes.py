@@ -192,6 +192,8 @@ class CycleReport:
     watermark_before: Watermark | None = None
     watermark_after: Watermark | None = None
     window_end: datetime | None = None
+    api_used: int | None = None
+    api_limit: int | None = None
     duration_s: float = 0.0
     error: str | None = None
 
@@ -243,5 +245,14 @@ class CycleReport:
             "values_dropped": self.values_dropped,
             "watermark_before": describe(self.watermark_before),
             "watermark_after": describe(self.watermark_after),
+            "watermark_lag_s": self.watermark_lag_s(),
+            "salesforce_api_used": self.api_used,
+            "salesforce_api_limit": self.api_limit,
             "duration_s": round(self.duration_s, 3),
         }
+
+    def watermark_lag_s(self) -> float | None:
+        """How far the watermark trails Salesforce's clock at the end of the window, in seconds."""
+        if self.watermark_after is None or self.window_end is None:
+            return None
+        return round(max(0.0, (self.window_end - self.watermark_after.modstamp).total_seconds()), 3)

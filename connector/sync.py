@@ -88,6 +88,7 @@ class Syncer:
         # Window: from the watermark, less the lookback, up to Salesforce's clock.
         start = self._window_start(report, since)
         end = self._window_end(until)
+        report.window_end = end
         if start is not None and start.modstamp >= end:
             log.debug("sync.window_empty", start=str(start), end=format_iso(end))
             return
@@ -254,6 +255,9 @@ class Syncer:
 
     def _finish(self, report: CycleReport, started: float) -> None:
         report.duration_s = time.monotonic() - started
+        usage = self.source.api_usage
+        if usage is not None:
+            report.api_used, report.api_limit = usage.used, usage.limit
         report.watermark_after = self.store.get_watermark(self.pipeline)
         if report.status == "succeeded" and report.failed:
             report.status = "partial"
