@@ -26,6 +26,7 @@ class App:
     sink: CharlesSink
     stop_event: threading.Event = field(default_factory=threading.Event)
     _checked: bool = False
+    _syncer: Syncer | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> App:
@@ -46,12 +47,15 @@ class App:
         return problems
 
     def syncer(self) -> Syncer:
-        """A Syncer, after the field map passed the describe check once."""
+        """The app's Syncer, built after the field map passed the describe check."""
         if not self._checked:
             problems = self.check_field_map()
             if problems:
                 raise ConfigurationError("field map does not match Salesforce:\n" + "\n".join(f"  - {p}" for p in problems))
-        return Syncer(self.settings, self.source, self.sink, self.store, self.field_map, stop_event=self.stop_event)
+        if self._syncer is None or self._syncer.sink is not self.sink:
+            self._syncer = Syncer(self.settings, self.source, self.sink, self.store, self.field_map, stop_event=self.stop_event)
+        self._syncer.stop_event = self.stop_event
+        return self._syncer
 
     def close(self) -> None:
         self.sink.close()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -118,6 +120,31 @@ def _error_text(response: httpx.Response) -> str:
     return f"HTTP {response.status_code}"
 
 
+class RateLimiter:
+    """A thread-safe ceiling on requests per second, spacing requests evenly.
+
+    Each caller reserves the next free slot and sleeps until it; ``rate`` None means no
+    ceiling. Retries count too, because they are requests Charles has to answer.
+    """
+
+    def __init__(self, rate: float | None, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+        self._interval = 0.0 if not rate else 1.0 / rate
+        self._clock = clock
+        self._sleep = sleep
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        if not self._interval:
+            return
+        with self._lock:
+            now = self._clock()
+            slot = max(now, self._next)
+            self._next = slot + self._interval
+        if slot > now:
+            self._sleep(slot - now)
+
+
 class CharlesSink:
     """Pushes contact upserts with at most ``max_in_flight`` requests open at once."""
 
@@ -138,6 +165,7 @@ class CharlesSink:
             transport=transport or httpx.HTTPTransport(retries=1, verify=verify, limits=limits),
         )
         self._slots = threading.BoundedSemaphore(in_flight)
+        self._rate = RateLimiter(settings.charles_max_rps)
         self._executor = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="charles-push")
         self.requests_sent = 0
         self._count_lock = threading.Lock()
@@ -181,6 +209,7 @@ class CharlesSink:
         raise AssertionError("unreachable: stamina re-raises the last error")
 
     def _send_once(self, record_id: str, payload: dict[str, Any], attempt: int) -> PushResult:
+        self._rate.acquire()
         with self._count_lock:
             self.requests_sent += 1
         response = self._client.put(CONTACTS_PATH, json=payload)

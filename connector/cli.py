@@ -5,10 +5,12 @@ Exit codes:
   1  the cycle failed (Salesforce, Charles or the state store); the watermark did not move past unfinished work
   2  invalid configuration, credentials or field map; nothing was synced
   3  the cycle finished but some records failed; they are sent again next cycle
+  4  another sfcharles process is using the same state store
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -23,12 +25,14 @@ from connector.cursor import Watermark, parse_salesforce_datetime
 from connector.errors import ConfigurationError, ConnectorError
 from connector.logs import configure_logging, get_logger
 from connector.settings import Settings, load_settings
+from connector.state import StateLocked
 from connector.sync import CycleReport
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_PARTIAL = 3
+EXIT_LOCKED = 4
 
 log = get_logger("connector.cli")
 
@@ -49,11 +53,12 @@ def _settings() -> Settings:
     return settings
 
 
-def _with_app(action: Callable[[Any], int], *, stop_on_signals: bool = False) -> NoReturn:
+def _with_app(action: Callable[[Any], int], *, stop_on_signals: bool = False, exclusive: bool = False) -> NoReturn:
     """Build the app, run ``action`` with it, map errors to exit codes, and exit.
 
     With ``stop_on_signals``, SIGTERM and SIGINT end a one-shot cycle the way they end
-    the daemon: fetching stops, in-flight upserts finish, state is committed.
+    the daemon: fetching stops, in-flight upserts finish, state is committed. With
+    ``exclusive``, the state store's writer lock is held throughout.
     """
     from connector.app import App
 
@@ -70,7 +75,12 @@ def _with_app(action: Callable[[Any], int], *, stop_on_signals: bool = False) ->
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
     try:
-        code = action(app)
+        with app.store.exclusive() if exclusive else contextlib.nullcontext():
+            code = action(app)
+    except StateLocked as exc:
+        log.error("state.locked", error=str(exc))
+        click.echo(f"sfcharles: {exc}", err=True)
+        code = EXIT_LOCKED
     except ConfigurationError as exc:
         _fail_configuration(exc)
     except ConnectorError as exc:
@@ -100,16 +110,18 @@ def main() -> None:
     """Keep Charles contacts in step with Salesforce.
 
     Settings come from SFCHARLES_* environment variables (see README.md). Exit codes:
-    0 success, 1 cycle failed, 2 invalid configuration, 3 some records failed.
+    0 success, 1 cycle failed, 2 invalid configuration, 3 some records failed,
+    4 another sfcharles process uses the same state store.
     """
 
 
 @main.command()
 def run() -> NoReturn:
     """Run the daemon: a cycle at start, then one every SFCHARLES_POLL_INTERVAL_S seconds."""
+    from connector.metrics import Metrics, serve_metrics
     from connector.scheduler import Daemon
 
-    def action(app: Any) -> int:
+    def action(app: Any, metrics: Metrics | None) -> int:
         try:
             app.syncer()  # validate the field map against Salesforce before the first tick
         except ConfigurationError:
@@ -120,15 +132,25 @@ def run() -> NoReturn:
         def cycle() -> CycleReport:
             return app.syncer().run_cycle("incremental")
 
-        return Daemon(cycle, app.settings.poll_interval_s, app.stop_event).run()
+        def usage_probe() -> Any:
+            app.source.server_time()  # one cheap call that returns the usage header
+            return app.source.api_usage
 
-    _with_app(action)
+        return Daemon(cycle, app.settings, app.stop_event, usage_probe=usage_probe, metrics=metrics).run()
+
+    def serve_metrics_and_run(app: Any) -> int:
+        # Health is served from before the start-up check, so a slow Salesforce at start
+        # does not fail liveness probes.
+        with serve_metrics(app.settings) as metrics:  # None unless SFCHARLES_METRICS_PORT is set
+            return action(app, metrics)
+
+    _with_app(serve_metrics_and_run, exclusive=True)
 
 
 @main.command()
 def sync() -> NoReturn:
     """Run one incremental cycle now, then exit."""
-    _with_app(lambda app: _exit_code(app.syncer().run_cycle("incremental")), stop_on_signals=True)
+    _with_app(lambda app: _exit_code(app.syncer().run_cycle("incremental")), stop_on_signals=True, exclusive=True)
 
 
 @main.command()
@@ -139,7 +161,7 @@ def backfill(since: datetime | None, until: datetime | None, force: bool) -> NoR
     """Re-read every record changed in a window and send what changed; never moves the watermark backwards."""
     if since is not None and until is not None and since >= until:
         raise click.BadParameter(f"--since {since.isoformat()} is not before --until {until.isoformat()}")
-    _with_app(lambda app: _exit_code(app.syncer().run_cycle("backfill", since=since, until=until, force=force)), stop_on_signals=True)
+    _with_app(lambda app: _exit_code(app.syncer().run_cycle("backfill", since=since, until=until, force=force)), stop_on_signals=True, exclusive=True)
 
 
 @main.command()
@@ -164,6 +186,59 @@ def check() -> NoReturn:
         return EXIT_OK if not problems else EXIT_CONFIG
 
     _with_app(action)
+
+
+@main.group("dead-letters")
+def dead_letters() -> None:
+    """List, replay or discard records set aside because Charles rejected them."""
+
+
+@dead_letters.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def dead_letters_list(as_json: bool) -> None:
+    """List set-aside records with their reason, Charles' error and attempt count."""
+    from connector.state import StateStore
+
+    settings = _settings()
+    store = StateStore(settings.state_url)
+    try:
+        letters = store.dead_letters(settings.pipeline)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps([letter.__dict__ for letter in letters], indent=2))
+        return
+    if not letters:
+        click.echo("no dead letters")
+        return
+    for letter in letters:
+        click.echo(f"{letter.record_id}  {letter.reason:<32} attempts={letter.attempts}  last={letter.last_failed_at}  {letter.error or ''}")
+
+
+@dead_letters.command("retry")
+@click.argument("record_id", required=False)
+def dead_letters_retry(record_id: str | None) -> NoReturn:
+    """Send set-aside records again now: RECORD_ID, or all of them."""
+    ids = None if record_id is None else [record_id]
+    _with_app(lambda app: _exit_code(app.syncer().replay_dead_letters(ids)), stop_on_signals=True, exclusive=True)
+
+
+@dead_letters.command("discard")
+@click.argument("record_id")
+def dead_letters_discard(record_id: str) -> None:
+    """Forget a set-aside record; it is sent again only when it changes in Salesforce."""
+    from connector.state import StateStore
+
+    settings = _settings()
+    store = StateStore(settings.state_url)
+    try:
+        found = store.discard_dead_letter(settings.pipeline, record_id)
+    finally:
+        store.close()
+    if not found:
+        click.echo(f"sfcharles: no dead letter for record {record_id!r}; see `sfcharles dead-letters list`", err=True)
+        sys.exit(EXIT_FAILED)
+    log.info("state.dead_letter_discarded", record_id=record_id)
 
 
 @main.group()

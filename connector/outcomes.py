@@ -19,7 +19,7 @@ from connector.field_map import Mapped, Skipped
 from connector.settings import Settings
 from connector.state import KeyChange, RecordState
 
-Mode = Literal["incremental", "backfill"]
+Mode = Literal["incremental", "backfill", "replay"]
 Status = Literal["succeeded", "partial", "interrupted", "failed"]
 Action = Literal["push", "unchanged", "reread", "skip", "set_aside"]
 
@@ -196,6 +196,8 @@ class CycleReport:
     api_limit: int | None = None
     duration_s: float = 0.0
     error: str | None = None
+    error_type: str | None = None
+    consecutive_failures: int = 0
 
     @property
     def skipped(self) -> int:
@@ -249,6 +251,9 @@ class CycleReport:
             "salesforce_api_used": self.api_used,
             "salesforce_api_limit": self.api_limit,
             "duration_s": round(self.duration_s, 3),
+            "error_type": self.error_type,
+            "error": self.error,
+            "consecutive_failures": self.consecutive_failures,
         }
 
     def watermark_lag_s(self) -> float | None:

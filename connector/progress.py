@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
@@ -54,19 +55,27 @@ class Progress:
     def add(self, entry: Entry) -> None:
         self._entries.append(entry)
 
-    def collect(self, *, block: bool = False) -> None:
-        """Take finished entries from the head; with ``block``, wait for all of them."""
+    def collect(self, *, block: bool = False, until: float | None = None) -> bool:
+        """Take finished entries from the head; with ``block``, wait for them.
+
+        ``until`` is a ``time.monotonic()`` deadline for that wait. Returns False if
+        entries are left unfinished; they do not count as handled.
+        """
         while self._entries:
             head = self._entries[0]
             if head.future is not None and not head.future.done():
                 if not block:
-                    return
-                wait([head.future])
+                    return False
+                timeout = None if until is None else max(0.0, until - time.monotonic())
+                wait([head.future], timeout=timeout)
+                if not head.future.done():
+                    return False
             self._entries.popleft()
             if not self._settle(head):
                 self._blocked = True
             if not self._blocked:
                 self.handled = head.position
+        return True
 
     def take_outcomes(self) -> OutcomeBatch:
         batch, self._batch = self._batch, OutcomeBatch()

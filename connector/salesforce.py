@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -109,6 +110,8 @@ class SalesforceSource:
         self._session.mount("https://", _TrustingAdapter(settings.salesforce_timeout_s, ca_file))
         self._session.hooks["response"].append(self._observe_response)
         self._client: Salesforce | None = None
+        self._login_lock = threading.Lock()
+        self._login_generation = 0
         self.last_server_time: datetime | None = None
         self.api_usage: ApiUsage | None = None
         self.api_calls = 0
@@ -170,6 +173,7 @@ class SalesforceSource:
                 f"Salesforce login at {url} was rejected: {error} {description}".rstrip()
                 + f"; check {_credential_hint(settings, error)}"
             )
+        self._login_generation += 1
         self._client = Salesforce(
             instance_url=body["instance_url"],
             session_id=body["access_token"],
@@ -186,11 +190,15 @@ class SalesforceSource:
 
     def _call_with_relogin(self, operation: Callable[[Salesforce], _T], what: str) -> _T:
         assert self._client is not None
+        generation = self._login_generation
         try:
             return _translate(lambda: operation(self._client), what)  # type: ignore[arg-type]
         except _SessionExpired:
-            log.info("salesforce.session_refreshed", reason="INVALID_SESSION_ID")
-            self.login()
+            with self._login_lock:
+                # Callers that hit the same expired session share one re-login.
+                if self._login_generation == generation:
+                    log.info("salesforce.session_refreshed", reason="INVALID_SESSION_ID")
+                    self.login()
         try:
             return _translate(lambda: operation(self._client), what)  # type: ignore[arg-type]
         except _SessionExpired:
@@ -347,6 +355,10 @@ class _SessionExpired(Exception):
     pass
 
 
+class ApiLimitExceeded(FatalError):
+    """The org's daily API allocation is used up (REQUEST_LIMIT_EXCEEDED)."""
+
+
 class QueryTimeout(TransientError):
     """Salesforce gave up on a query (QUERY_TIMEOUT); a narrower window may succeed."""
 
@@ -374,7 +386,7 @@ def _translate(call: Callable[[], _T], what: str) -> _T:
     except SalesforceRefusedRequest as exc:
         code = _error_code(exc)
         if code == "REQUEST_LIMIT_EXCEEDED":
-            raise FatalError(f"Salesforce {what}: the org's API request limit is used up (REQUEST_LIMIT_EXCEEDED)") from None
+            raise ApiLimitExceeded(f"Salesforce {what}: the org's API request limit is used up (REQUEST_LIMIT_EXCEEDED)") from None
         raise ConfigurationError(f"Salesforce {what} was refused ({code or 'HTTP 403'}); check the integration user's permissions") from None
     except SalesforceMalformedRequest as exc:
         code = _error_code(exc)

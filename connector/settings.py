@@ -10,6 +10,7 @@ This module is the only place that reads the process environment.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -27,6 +28,7 @@ from connector.errors import ConfigurationError
 ENV_PREFIX = "SFCHARLES_"
 CONFIG_FILE_VARIABLE = f"{ENV_PREFIX}CONFIG_FILE"
 SECRET_FIELDS = frozenset({"salesforce_client_secret", "salesforce_private_key", "charles_api_key"})
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 
 # Hints appended to "missing" errors: what the value is and what to set it to.
 _MISSING_HINTS = {
@@ -63,6 +65,7 @@ class Settings(BaseModel):
     charles_base_url: str
     charles_api_key: SecretStr
     charles_max_in_flight: int = Field(default=8, ge=1, le=256)
+    charles_max_rps: float | None = Field(default=None, gt=0, le=10000)
     charles_timeout_s: float = Field(default=30.0, gt=0, le=600)
     charles_max_attempts: int = Field(default=5, ge=1, le=20)
     charles_retry_total_s: float = Field(default=60.0, gt=0, le=3600)
@@ -78,6 +81,17 @@ class Settings(BaseModel):
     duplicate_key_policy: Literal["first_owner", "reassign"] = "first_owner"
     dead_letter_max_attempts: int = Field(default=5, ge=1, le=100)
 
+    # Salesforce API quota: above the slow share of the daily limit the daemon polls less
+    # often, above the pause share it stops cycling, and it resumes below the resume share.
+    api_usage_slow_share: float = Field(default=0.8, gt=0, le=1)
+    api_usage_pause_share: float = Field(default=0.95, gt=0, le=1)
+    api_usage_resume_share: float = Field(default=0.9, gt=0, le=1)
+    api_limit_wait_s: float = Field(default=900.0, ge=1, le=86400)
+
+    # Cycle bounds
+    cycle_timeout_s: float = Field(default=3600.0, ge=1, le=7 * 86400)
+    shutdown_grace_s: float = Field(default=20.0, ge=0, le=3600)
+
     # Daemon and state
     state_url: str = "sqlite:///sfcharles-state.db"
     pipeline: str = Field(default="contacts", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -85,6 +99,10 @@ class Settings(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     log_event_key: Literal["event", "message"] = "event"
+
+    # Metrics and health endpoint, off unless a port is set
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @field_validator("salesforce_login_url")
     @classmethod
@@ -114,12 +132,39 @@ class Settings(BaseModel):
             raise ValueError(f"{value!r} is not an ISO 3166-1 alpha-2 region that phonenumbers knows, e.g. US or DE")
         return region
 
+    @field_validator("metrics_host")
+    @classmethod
+    def _listen_address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not _HOSTNAME.fullmatch(value):
+                raise ValueError(
+                    f"{value!r} is not an IP address or host name; use 127.0.0.1 for this host only, "
+                    "or 0.0.0.0 inside a container"
+                ) from None
+        return value
+
     @field_validator("salesforce_ca_file", "charles_ca_file", "field_map")
     @classmethod
     def _file_exists(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
             raise ValueError(f"file {str(value)!r} does not exist or is not a regular file")
         return value
+
+    @model_validator(mode="after")
+    def _usage_shares_ordered(self) -> Settings:
+        if not self.api_usage_resume_share < self.api_usage_pause_share:
+            raise ValueError(
+                f"{variable_name('api_usage_resume_share')} ({self.api_usage_resume_share}) must be below "
+                f"{variable_name('api_usage_pause_share')} ({self.api_usage_pause_share})"
+            )
+        if not self.api_usage_slow_share <= self.api_usage_pause_share:
+            raise ValueError(
+                f"{variable_name('api_usage_slow_share')} ({self.api_usage_slow_share}) must not exceed "
+                f"{variable_name('api_usage_pause_share')} ({self.api_usage_pause_share})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _auth_is_complete(self) -> Settings:

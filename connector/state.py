@@ -7,8 +7,12 @@ state, never a mix.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from connector.cursor import Watermark, ensure_forward, format_iso
-from connector.errors import ConfigurationError, FatalError
+from connector.errors import ConfigurationError, ConnectorError, FatalError
 
 SCHEMA_VERSION = 2
 
@@ -181,6 +185,10 @@ class CycleRecord:
     error: str | None
 
 
+class StateLocked(ConnectorError):
+    """Another connector process is writing to the same state store."""
+
+
 def _now() -> str:
     return format_iso(datetime.now(UTC))
 
@@ -233,6 +241,41 @@ class StateStore:
 
     def describe(self) -> str:
         return self._engine.url.render_as_string(hide_password=True)
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the store's writer lock for the duration; raise StateLocked if it is taken.
+
+        For SQLite this is an flock on ``<database>.lock``: the kernel releases it when the
+        holder exits, SIGKILL included. Like SQLite itself it only works between processes
+        on one host.
+        """
+        database = self._engine.url.database if self._engine.dialect.name == "sqlite" else None
+        if not database or database == ":memory:":
+            # NOTE: other databases get their lock with their own store; none is held here.
+            yield
+            return
+        import fcntl
+
+        lock_path = Path(f"{database}.lock")
+        handle = lock_path.open("a+")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                raise StateLocked(
+                    f"state store {self.describe()} is in use by another sfcharles process (pid {holder}); "
+                    "stop it first, or give this one its own SFCHARLES_STATE_URL"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+            yield
+        finally:
+            handle.close()
 
     def close(self) -> None:
         self._engine.dispose()

@@ -30,6 +30,9 @@ from connector.state import StateStore
 
 log = get_logger("connector.sync")
 
+# A failed cycle is logged as a warning; from this many failures in a row, as an error.
+FAILURES_BEFORE_ERROR = 3
+
 
 class Syncer:
     """Runs sync cycles for one pipeline: one Salesforce object into one Charles tenant."""
@@ -51,6 +54,8 @@ class Syncer:
         self.field_map = field_map
         self.pipeline = settings.pipeline
         self.stop_event = stop_event or threading.Event()
+        self.consecutive_failures = 0
+        self._deadline: float | None = None
 
     def run_cycle(
         self,
@@ -60,9 +65,14 @@ class Syncer:
         until: datetime | None = None,
         force: bool = False,
     ) -> CycleReport:
-        """Run one cycle and return its report; raises only for configuration errors."""
+        """Run one cycle and return its report; raises only for configuration errors.
+
+        A cycle that runs longer than SFCHARLES_CYCLE_TIMEOUT_S stops fetching as if a
+        stop was requested, and commits what it finished.
+        """
         report = CycleReport(cycle_id=uuid.uuid4().hex[:16], mode=mode)
         started = time.monotonic()
+        self._deadline = started + self.settings.cycle_timeout_s
         with structlog.contextvars.bound_contextvars(cycle_id=report.cycle_id, mode=mode, pipeline=self.pipeline):
             report.watermark_before = self.store.get_watermark(self.pipeline)
             self.store.start_cycle(report.cycle_id, self.pipeline, mode, report.watermark_before)
@@ -77,7 +87,33 @@ class Syncer:
                 self._run(report, since=since, until=until, force=force)
             except ConnectorError as exc:
                 report.status = "failed"
-                report.error = f"{exc.__class__.__name__}: {exc}"
+                report.error = str(exc)
+                report.error_type = exc.__class__.__name__
+                if isinstance(exc, ConfigurationError):
+                    self._finish(report, started)
+                    raise
+            self._finish(report, started)
+        return report
+
+    def replay_dead_letters(self, record_ids: list[str] | None = None) -> CycleReport:
+        """Send set-aside records again now, all or the given ones, whatever their attempt count."""
+        report = CycleReport(cycle_id=uuid.uuid4().hex[:16], mode="replay")
+        started = time.monotonic()
+        with structlog.contextvars.bound_contextvars(cycle_id=report.cycle_id, mode="replay", pipeline=self.pipeline):
+            report.watermark_before = self.store.get_watermark(self.pipeline)
+            self.store.start_cycle(report.cycle_id, self.pipeline, "replay", report.watermark_before)
+            letters = [letter.record_id for letter in self.store.dead_letters(self.pipeline)]
+            chosen = letters if record_ids is None else [record_id for record_id in letters if record_id in record_ids]
+            unknown = sorted(set(record_ids or ()) - set(letters))
+            if unknown:
+                log.warning("sync.dead_letters_not_found", record_ids=unknown)
+            log.info("sync.cycle_started", dead_letters=len(chosen))
+            try:
+                self._resend(report, chosen, reason="replay", force=True)
+            except ConnectorError as exc:
+                report.status = "failed"
+                report.error = str(exc)
+                report.error_type = exc.__class__.__name__
                 if isinstance(exc, ConfigurationError):
                     self._finish(report, started)
                     raise
@@ -108,8 +144,7 @@ class Syncer:
             for page in self.source.changes(self.field_map.object_name, fields, start, end, conditions):
                 decisions = self._decide_page(page.records, report, force=force)
                 for record, decision in zip(page.records, decisions, strict=True):
-                    if self.stop_event.is_set():
-                        report.status = "interrupted"
+                    if self._stop_reason(report):
                         break
                     position = record_position(record)
                     guard.check(position)
@@ -120,7 +155,6 @@ class Syncer:
                     progress.collect(block=len(progress) > 2 * self.settings.salesforce_page_size)
                 self._checkpoint(report, progress, since)
                 if report.status == "interrupted":
-                    log.info("sync.stopping", reason="stop requested; finishing in-flight upserts")
                     break
         except ConfigurationError:
             progress.cancel_pending()
@@ -130,11 +164,29 @@ class Syncer:
             self._checkpoint(report, progress, since)
             raise
 
-        # Drain the remaining pushes and commit; then send merge winners again.
-        progress.collect(block=True)
+        # Drain the remaining pushes and commit; then send merge winners again. After a stop
+        # request the wait is bounded, and unfinished upserts are read again next cycle.
+        until = time.monotonic() + self.settings.shutdown_grace_s if report.status == "interrupted" else None
+        if not progress.collect(block=True, until=until):
+            log.warning("sync.upserts_abandoned", count=len(progress), reason="shutdown grace period over")
+            progress.cancel_pending()
         self._checkpoint(report, progress, since)
         if merge_winners and report.status != "interrupted":
             self._resend(report, sorted(merge_winners - pushed_ids), reason="merge_winner")
+
+    def _stop_reason(self, report: CycleReport) -> str | None:
+        """Why fetching must stop now, if it must; marks the report interrupted."""
+        if self.stop_event.is_set():
+            reason = "stop requested"
+        elif self._deadline is not None and time.monotonic() > self._deadline:
+            reason = "cycle time limit reached (SFCHARLES_CYCLE_TIMEOUT_S)"
+        else:
+            return None
+        if report.status != "interrupted":
+            report.status = "interrupted"
+            report.error = reason
+            log.info("sync.stopping", reason=reason)
+        return reason
 
     # Window
 
@@ -243,6 +295,7 @@ class Syncer:
         if not ids:
             return
         records = list(self.source.fetch_by_ids(self.field_map.object_name, self.field_map.source_fields(), ids))
+        report.fetched += len(records)
         log.debug("sync.resending", reason=reason, requested=len(ids), found=len(records))
         progress = Progress(report)
         for record, decision in zip(records, self._decide_page(records, report, force=force), strict=True):
@@ -261,15 +314,15 @@ class Syncer:
         report.watermark_after = self.store.get_watermark(self.pipeline)
         if report.status == "succeeded" and report.failed:
             report.status = "partial"
+        self.consecutive_failures = self.consecutive_failures + 1 if report.status == "failed" else 0
+        report.consecutive_failures = self.consecutive_failures
         self.store.finish_cycle(
             report.cycle_id, status=report.status, counts=report.counts(), watermark_after=report.watermark_after, error=report.error
         )
         fields = report.log_fields()
-        if report.error:
-            fields["error"] = report.error
         if report.status in ("succeeded", "interrupted"):
             log.info("sync.cycle_completed", **fields)
-        elif report.status == "partial":
+        elif report.status == "partial" or self.consecutive_failures < FAILURES_BEFORE_ERROR:
             log.warning("sync.cycle_completed", **fields)
         else:
             log.error("sync.cycle_completed", **fields)
