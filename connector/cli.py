@@ -188,6 +188,67 @@ def check() -> NoReturn:
     _with_app(action)
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--cycles", default=10, show_default=True, help="How many recent cycles to list.")
+def status(as_json: bool, cycles: int) -> None:
+    """Show the watermark and its lag, recent cycles, set-aside records and Salesforce API usage."""
+    from connector.state import StateStore
+
+    settings = _settings()
+    store = StateStore(settings.state_url)
+    try:
+        info = _status_info(store, settings.pipeline, cycles)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    usage = info["salesforce_api"]
+    click.echo(f"pipeline:          {info['pipeline']}")
+    click.echo(f"state store:       {info['state_store']}")
+    click.echo(f"watermark:         {info['watermark'] or '(none: the next cycle reads everything)'}")
+    click.echo(f"watermark lag:     {_seconds(info['watermark_lag_s'])} behind Salesforce at the last cycle")
+    click.echo(f"last success:      {info['last_success_at'] or '-'}")
+    click.echo(f"dead letters:      {info['dead_letters']}")
+    click.echo(f"Salesforce API:    {'-' if usage is None else f'{usage[0]} of {usage[1]} daily requests used'}")
+    click.echo("recent cycles:")
+    click.echo(f"  {'started':<25} {'mode':<11} {'status':<11} {'fetched':>8} {'pushed':>7} {'unchanged':>9} {'skipped':>7} {'failed':>6} {'seconds':>8}")
+    for cycle in info["recent_cycles"]:
+        click.echo(
+            f"  {cycle['started_at']:<25} {cycle['mode']:<11} {cycle['status']:<11} {cycle['fetched']:>8} {cycle['pushed']:>7} "
+            f"{cycle.get('unchanged', 0):>9} {cycle['skipped']:>7} {cycle['failed']:>6} {_seconds(cycle.get('duration_s')):>8}"
+        )
+
+
+def _status_info(store: Any, pipeline: str, limit: int) -> dict[str, Any]:
+    watermark = store.get_watermark(pipeline)
+    recent = []
+    for cycle in store.recent_cycles(pipeline, limit):
+        summary = json.loads(cycle.summary) if cycle.summary else {}
+        recent.append({**{k: v for k, v in cycle.__dict__.items() if k != "summary"}, **{k: summary.get(k) for k in ("unchanged", "reread", "set_aside", "duration_s", "watermark_lag_s", "salesforce_api_used", "salesforce_api_limit", "error_type")}})
+    finished = [cycle for cycle in recent if cycle["status"] != "running"]
+    last = finished[0] if finished else None
+    successes = [cycle for cycle in finished if cycle["status"] in ("succeeded", "partial")]
+    usage = None
+    if last is not None and last.get("salesforce_api_limit"):
+        usage = [last["salesforce_api_used"], last["salesforce_api_limit"]]
+    return {
+        "pipeline": pipeline,
+        "state_store": store.describe(),
+        "watermark": None if watermark is None else str(watermark),
+        "watermark_lag_s": None if last is None else last.get("watermark_lag_s"),
+        "last_success_at": successes[0]["finished_at"] if successes else None,
+        "dead_letters": store.dead_letter_count(pipeline),
+        "salesforce_api": usage,
+        "recent_cycles": recent,
+    }
+
+
+def _seconds(value: Any) -> str:
+    return "-" if value is None else f"{value} s"
+
+
 @main.group("dead-letters")
 def dead_letters() -> None:
     """List, replay or discard records set aside because Charles rejected them."""

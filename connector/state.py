@@ -7,6 +7,7 @@ state, never a mix.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from connector.cursor import Watermark, ensure_forward, format_iso
 from connector.errors import ConfigurationError, ConnectorError, FatalError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = sa.MetaData()
 
@@ -58,6 +59,7 @@ cycles = sa.Table(
     sa.Column("watermark_before", sa.String(64)),
     sa.Column("watermark_after", sa.String(64)),
     sa.Column("error", sa.Text),
+    sa.Column("summary", sa.Text),  # the cycle's sync.cycle_completed fields as JSON; added in version 3
 )
 
 
@@ -115,8 +117,14 @@ def _migrate_to_2(conn: sa.Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _migrate_to_3(conn: sa.Connection) -> None:
+    # A store created by this version already has the column, from the table definition.
+    if "summary" not in {column["name"] for column in sa.inspect(conn).get_columns("cycles")}:
+        conn.execute(sa.text("ALTER TABLE cycles ADD COLUMN summary TEXT"))
+
+
 # Version N is reached by running MIGRATIONS[N] on a store at version N - 1.
-MIGRATIONS: dict[int, Any] = {2: _migrate_to_2}
+MIGRATIONS: dict[int, Any] = {2: _migrate_to_2, 3: _migrate_to_3}
 
 
 @dataclass(frozen=True)
@@ -183,6 +191,7 @@ class CycleRecord:
     watermark_before: str | None
     watermark_after: str | None
     error: str | None
+    summary: str | None = None
 
 
 class StateLocked(ConnectorError):
@@ -489,7 +498,16 @@ class StateStore:
                 )
             )
 
-    def finish_cycle(self, cycle_id: str, *, status: str, counts: dict[str, int], watermark_after: Watermark | None, error: str | None = None) -> None:
+    def finish_cycle(
+        self,
+        cycle_id: str,
+        *,
+        status: str,
+        counts: dict[str, int],
+        watermark_after: Watermark | None,
+        error: str | None = None,
+        summary: dict[str, Any] | None = None,
+    ) -> None:
         with self._engine.begin() as conn:
             conn.execute(
                 cycles.update().where(cycles.c.cycle_id == cycle_id).values(
@@ -498,6 +516,7 @@ class StateStore:
                     skipped=counts.get("skipped", 0), failed=counts.get("failed", 0),
                     watermark_after=None if watermark_after is None else str(watermark_after),
                     error=error,
+                    summary=None if summary is None else json.dumps(summary, sort_keys=True),
                 )
             )
 
@@ -507,6 +526,10 @@ class StateStore:
                 sa.select(cycles).where(cycles.c.pipeline == pipeline).order_by(cycles.c.started_at.desc()).limit(limit)
             ).all()
         return [CycleRecord(**row._mapping) for row in rows]
+
+    def dead_letter_count(self, pipeline: str) -> int:
+        with self._engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(dead_letters).where(dead_letters.c.pipeline == pipeline)).scalar_one())
 
     def pipelines(self) -> list[str]:
         with self._engine.connect() as conn:

@@ -317,7 +317,8 @@ class Syncer:
         self.consecutive_failures = self.consecutive_failures + 1 if report.status == "failed" else 0
         report.consecutive_failures = self.consecutive_failures
         self.store.finish_cycle(
-            report.cycle_id, status=report.status, counts=report.counts(), watermark_after=report.watermark_after, error=report.error
+            report.cycle_id, status=report.status, counts=report.counts(), watermark_after=report.watermark_after,
+            error=report.error, summary=report.log_fields(),
         )
         fields = report.log_fields()
         if report.status in ("succeeded", "interrupted"):

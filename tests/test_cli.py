@@ -125,3 +125,33 @@ def test_daemon_stops_cleanly_on_sigterm(env) -> None:
     assert events.count("sync.cycle_completed") >= 2, "the first cycle runs at start, the next one interval later"
     assert "daemon.stop_requested" in events
     assert events[-1] == "daemon.stopped"
+
+
+def test_status_json_after_cycle(env, charles) -> None:
+    charles.reject("+17074908673", status=422, message="Invalid")  # a sample contact's valid mobile
+    assert run_cli(["sync"], env).returncode == 3
+
+    result = run_cli(["status", "--json"], env)
+
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["watermark"] is not None
+    assert info["watermark_lag_s"] is not None and info["watermark_lag_s"] >= 0
+    assert info["last_success_at"] is not None
+    used, limit = info["salesforce_api"]
+    assert 0 < used < limit
+    [cycle] = info["recent_cycles"]
+    assert cycle["fetched"] == 162
+    assert cycle["pushed"] == len(charles.upserts)
+    assert cycle["set_aside"] == 1
+    assert info["dead_letters"] == 1
+
+
+def test_status_table_readable(env) -> None:
+    assert run_cli(["sync"], env).returncode == 0
+
+    result = run_cli(["status"], env)
+
+    assert result.returncode == 0, result.stderr
+    assert "watermark lag:" in result.stdout
+    assert "dead letters:      0" in result.stdout
