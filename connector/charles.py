@@ -1,6 +1,6 @@
 """Charles sink: contact upserts over one pooled httpx client, several in flight.
 
-The only module that imports httpx and the only one that knows the Charles contract
+The only module that imports httpx and the only one that implements the Charles contract
 (``PUT /api/v1beta/contacts``, header ``x-api-key``, the response envelope). The endpoint
 is in closed beta, so everything that may move is kept here.
 """
@@ -38,7 +38,7 @@ class Action(Enum):
     STOP = "stop"
 
 
-# What each HTTP status means for the record and the cycle. Statuses not listed fall back
+# The action for each HTTP status, for the record and the cycle. Statuses not listed fall back
 # by class: 2xx acknowledged, 5xx retried, anything else rejects the record.
 OUTCOMES: dict[int, Action] = {
     200: Action.ACKNOWLEDGED,
@@ -124,7 +124,7 @@ class RateLimiter:
     """A thread-safe ceiling on requests per second, spacing requests evenly.
 
     Each caller reserves the next free slot and sleeps until it; ``rate`` None means no
-    ceiling. Retries count too, because they are requests Charles has to answer.
+    ceiling. Retries count too, because Charles has to process them like any request.
     """
 
     def __init__(self, rate: float | None, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
@@ -166,12 +166,22 @@ class CharlesSink:
         )
         self._slots = threading.BoundedSemaphore(in_flight)
         self._rate = RateLimiter(settings.charles_max_rps)
+        self._rejected_key: ConfigurationError | None = None
         self._executor = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="charles-push")
         self.requests_sent = 0
         self._count_lock = threading.Lock()
 
+    def begin_cycle(self) -> None:
+        """Forget an authentication failure of an earlier cycle, so a new cycle tries again."""
+        self._rejected_key = None
+
     def submit(self, record_id: str, payload: dict[str, Any]) -> Future[PushResult]:
-        """Queue one upsert; blocks while ``max_in_flight`` upserts are already open."""
+        """Queue one upsert; blocks while ``max_in_flight`` upserts are already open.
+
+        After Charles rejected the API key, raises that error instead of sending more.
+        """
+        if self._rejected_key is not None:
+            raise self._rejected_key
         self._slots.acquire()
         context = contextvars.copy_context()  # so worker log lines carry the cycle's bound context
         try:
@@ -184,6 +194,8 @@ class CharlesSink:
 
     def upsert(self, record_id: str, payload: dict[str, Any]) -> PushResult:
         """Send one upsert, retrying transient failures; raise RecordError or ConfigurationError."""
+        if self._rejected_key is not None:
+            raise self._rejected_key  # no request storm once the key is known to be wrong
         attempts = 0
         try:
             for attempt in stamina.retry_context(
@@ -198,7 +210,7 @@ class CharlesSink:
                     return self._send_once(record_id, payload, attempts)
         except _RetryableStatus as exc:
             raise RecordError(
-                f"Charles kept answering HTTP {exc.status} for record {record_id} after {attempts} attempts",
+                f"Charles still returned HTTP {exc.status} for record {record_id} after {attempts} attempts",
                 record_id=record_id, reason=f"http_{exc.status}", retryable=True,
             ) from None
         except httpx.TransportError as exc:
@@ -218,10 +230,11 @@ class CharlesSink:
             log.debug("charles.upsert_retrying", record_id=record_id, status=response.status_code, attempt=attempt)
             raise _RetryableStatus(response.status_code, parse_retry_after(response.headers.get("Retry-After")))
         if action is Action.STOP:
-            raise ConfigurationError(
+            self._rejected_key = ConfigurationError(
                 f"Charles rejected the API key (HTTP {response.status_code}) at {self._settings.charles_base_url}; "
                 "check SFCHARLES_CHARLES_API_KEY and SFCHARLES_CHARLES_BASE_URL"
             )
+            raise self._rejected_key
         if action is Action.REJECT_RECORD:
             raise RecordError(
                 f"Charles rejected record {record_id}: {_error_text(response)}",
@@ -231,7 +244,7 @@ class CharlesSink:
             body = response.json()
         except ValueError:
             raise RecordError(
-                f"Charles answered HTTP {response.status_code} for record {record_id} with a body that is not JSON",
+                f"Charles returned HTTP {response.status_code} for record {record_id} with a body that is not JSON",
                 record_id=record_id, reason="invalid_response",
             ) from None
         data = body.get("data") if isinstance(body, dict) else None

@@ -157,11 +157,43 @@ def sync() -> NoReturn:
 @click.option("--since", callback=_parse_time, help="Start of the window (ISO 8601 with offset, e.g. 2025-01-01T00:00:00Z). Default: the beginning.")
 @click.option("--until", callback=_parse_time, help="End of the window, exclusive (ISO 8601 with offset). Default: Salesforce's current time.")
 @click.option("--force", is_flag=True, help="Send every record, even those whose mapped payload Charles already accepted.")
-def backfill(since: datetime | None, until: datetime | None, force: bool) -> NoReturn:
-    """Re-read every record changed in a window and send what changed; never moves the watermark backwards."""
+@click.option(
+    "--restart",
+    is_flag=True,
+    help="Start at --since even if an earlier backfill with the same --since stopped part-way. By default it resumes there.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the number of records, whether Bulk API 2.0 would read them, and sample payloads as JSON; send nothing.",
+)
+def backfill(since: datetime | None, until: datetime | None, force: bool, restart: bool, dry_run: bool) -> NoReturn:
+    """Re-read every record changed in a window and send what changed; never moves the watermark backwards.
+
+    More than SFCHARLES_BULK_THRESHOLD records are read through a Bulk API 2.0 query job.
+    A progress bar is shown on stderr when stderr is a terminal.
+    """
+    from connector.backfill import plan_backfill, progress_bar
+
     if since is not None and until is not None and since >= until:
         raise click.BadParameter(f"--since {since.isoformat()} is not before --until {until.isoformat()}")
-    _with_app(lambda app: _exit_code(app.syncer().run_cycle("backfill", since=since, until=until, force=force)), stop_on_signals=True, exclusive=True)
+    if dry_run:
+        def plan(app: Any) -> int:
+            # Log lines go to stderr, so stdout contains only the JSON document.
+            settings = app.settings
+            configure_logging(settings.log_level, settings.log_format, settings.log_event_key, stream=sys.stderr)
+            document = plan_backfill(app, since=since, until=until, restart=restart)
+            click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+            return EXIT_OK
+
+        _with_app(plan)
+
+    def action(app: Any) -> int:
+        with progress_bar() as on_page:
+            report = app.syncer().run_cycle("backfill", since=since, until=until, force=force, restart=restart, on_page=on_page)
+        return _exit_code(report)
+
+    _with_app(action, stop_on_signals=True, exclusive=True)
 
 
 @main.command()
@@ -226,10 +258,14 @@ def _status_info(store: Any, pipeline: str, limit: int) -> dict[str, Any]:
     recent = []
     for cycle in store.recent_cycles(pipeline, limit):
         summary = json.loads(cycle.summary) if cycle.summary else {}
-        recent.append({**{k: v for k, v in cycle.__dict__.items() if k != "summary"}, **{k: summary.get(k) for k in ("unchanged", "reread", "set_aside", "duration_s", "watermark_lag_s", "salesforce_api_used", "salesforce_api_limit", "error_type")}})
+        recent.append({**{k: v for k, v in cycle.__dict__.items() if k != "summary"}, **{k: summary.get(k) for k in ("unchanged", "reread", "set_aside", "failed_by_reason", "duration_s", "watermark_lag_s", "salesforce_api_used", "salesforce_api_limit", "error_type")}})
     finished = [cycle for cycle in recent if cycle["status"] != "running"]
     last = finished[0] if finished else None
-    successes = [cycle for cycle in finished if cycle["status"] in ("succeeded", "partial")]
+    # As in the metrics: a partial cycle counts as a success when its only failures were set aside.
+    successes = [
+        cycle for cycle in finished
+        if cycle["status"] == "succeeded" or (cycle["status"] == "partial" and not cycle.get("failed_by_reason"))
+    ]
     usage = None
     if last is not None and last.get("salesforce_api_limit"):
         usage = [last["salesforce_api_used"], last["salesforce_api_limit"]]
@@ -312,6 +348,7 @@ def state() -> None:
 @click.option("--cycles", default=5, show_default=True, help="How many recent cycles to list.")
 def state_show(as_json: bool, cycles: int) -> None:
     """Print the watermark, its lag behind now, and the last cycles."""
+    from connector.backfill import BackfillProgress
     from connector.state import StateStore
 
     settings = _settings()
@@ -319,6 +356,7 @@ def state_show(as_json: bool, cycles: int) -> None:
     try:
         watermark = store.get_watermark(settings.pipeline)
         recent = store.recent_cycles(settings.pipeline, cycles)
+        unfinished_backfill = BackfillProgress(store, settings.pipeline).stored()
     finally:
         store.close()
     # Lag is shown against the local clock: it is for people, not for the cursor.
@@ -328,6 +366,9 @@ def state_show(as_json: bool, cycles: int) -> None:
         "state_store": store.describe(),
         "watermark": None if watermark is None else watermark.to_dict(),
         "lag_s": lag_s,
+        "backfill": None if unfinished_backfill is None else {
+            "window_start": unfinished_backfill[0].to_dict()["modstamp"], "handled_until": unfinished_backfill[1].to_dict(),
+        },
         "recent_cycles": [cycle.__dict__ for cycle in recent],
     }
     if as_json:
@@ -337,6 +378,8 @@ def state_show(as_json: bool, cycles: int) -> None:
     click.echo(f"store:      {info['state_store']}")
     click.echo(f"watermark:  {watermark if watermark else '(none: the next cycle reads everything)'}")
     click.echo(f"lag:        {'-' if lag_s is None else f'{lag_s} s'}")
+    if unfinished_backfill is not None:
+        click.echo(f"backfill:   stopped at {unfinished_backfill[1]}; `backfill` with the same --since resumes there")
     click.echo("recent cycles:")
     for cycle in recent:
         click.echo(

@@ -90,7 +90,7 @@ class Watermark:
         return f"{format_iso(self.modstamp)}/{self.record_id or '-'}"
 
     def soql_after(self, field: str = "SystemModstamp") -> str:
-        """The keyset condition that selects records strictly after this position."""
+        """Return the keyset condition that selects records strictly after this position."""
         stamp = soql_datetime(self.modstamp)
         if not self.record_id:
             return f"{field} >= {stamp}"
@@ -105,7 +105,7 @@ class Watermark:
 
     @classmethod
     def start_of(cls, moment: datetime) -> Watermark:
-        """A position just before every record stamped at or after ``moment``."""
+        """Return a position just before every record stamped at or after ``moment``."""
         return cls(moment.astimezone(UTC), "")
 
 

@@ -63,17 +63,23 @@ class _Target:
 
 
 class _RecordContext:
-    """Per-record state of one ``apply``: the record, the notes so far and resolved phone regions."""
+    """Per-record state of one ``apply``: the record, the notes so far, resolved phone regions and parsed phones."""
 
     def __init__(self, field_map: FieldMap, record: dict[str, Any]) -> None:
         self.field_map = field_map
         self.record = record
         self.notes: dict[str, None] = {}
         self._regions: dict[tuple[str, ...], str | None] = {}
+        # The default map reads MobilePhone and Phone for the identity, the phone numbers and
+        # the extension; parsing each once per record saves most of the mapping time.
+        self._parsed: dict[tuple[str, str | None], phonenumbers.PhoneNumber | Converted] = {}
+        self._e164: dict[tuple[str, str | None], Converted] = {}
 
     def read(self, name: str) -> Any:
         if name in self.field_map._unavailable:
             return None
+        if "." not in name:
+            return self.record.get(name)
         value: Any = self.record
         for part in name.split("."):
             if not isinstance(value, dict):
@@ -83,6 +89,23 @@ class _RecordContext:
 
     def note(self, field_name: str, key: str, problem: str) -> None:
         self.notes[f"{field_name} dropped from {key}: {problem}"] = None
+
+    def phone(self, raw: Any, region: str | None, transform: Literal["phone", "phone_extension"]) -> Converted:
+        """Apply the ``phone`` or ``phone_extension`` transform, parsing each text and region once per record."""
+        if not isinstance(raw, str):
+            return transforms.to_phone(raw, region) if transform == "phone" else transforms.to_phone_extension(raw, region)
+        key = (raw, region)
+        number = self._parsed.get(key)
+        if number is None:
+            number = self._parsed[key] = transforms.parse_phone(raw, region)
+        if isinstance(number, Converted):
+            return number
+        if transform == "phone_extension":
+            return transforms.phone_extension(number)
+        converted = self._e164.get(key)
+        if converted is None:
+            converted = self._e164[key] = transforms.phone_e164(number, region)
+        return converted
 
     def region(self, country_fields: tuple[str, ...]) -> str | None:
         """Return the region for national phone numbers: the record's first recognised country, else the default."""
@@ -291,7 +314,7 @@ class FieldMap:
         first_problem: tuple[str, Converted] | None = None
         available = [name for name in self.spec.identity.source if name not in self._unavailable]
         for name in available:
-            converted = transforms.to_phone(context.read(name), region)
+            converted = context.phone(context.read(name), region, "phone")
             if converted.values:
                 return converted.values[0]
             if converted.problem:
@@ -323,10 +346,12 @@ class FieldMap:
             return [spec.value]
         if spec.template is not None:
             text = self._render(target, context)
-            candidates: list[tuple[str, Any]] = [("template", text)] if text else []
+            candidates: list[str] = ["template"] if text else []
         else:
-            candidates = [(name, context.read(name)) for name in spec.source or () if name not in self._unavailable]
-        for field_name, raw in candidates:
+            candidates = [name for name in spec.source or () if name not in self._unavailable]
+        for field_name in candidates:
+            # Fields are read one at a time, so the ones after the first that gives a value are not read.
+            raw = text if spec.template is not None else context.read(field_name)
             converted = self._convert(spec, raw, context)
             if converted.problem:
                 context.note(field_name, target.key, converted.problem)
@@ -354,8 +379,7 @@ class FieldMap:
         transform = spec.transform
         if transform in ("phone", "phone_extension"):
             countries = tuple(spec.country_from) if spec.country_from else self._identity_countries
-            region = context.region(countries)
-            return transforms.to_phone(raw, region) if transform == "phone" else transforms.to_phone_extension(raw, region)
+            return context.phone(raw, context.region(countries), transform)
         if transform == "email":
             return transforms.to_email(raw)
         if transform == "multipicklist":

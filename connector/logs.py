@@ -88,16 +88,21 @@ def _shared_processors() -> list[Any]:
 
 def configure_logging(
     level: str = "INFO",
-    fmt: str = "json",
+    fmt: str = "auto",
     event_key: str = "event",
     stream: TextIO | None = None,
 ) -> None:
     """Send every log record to ``stream`` (stdout by default) as JSON or console text.
 
+    ``fmt`` "auto" picks console text when the stream is a terminal, else JSON.
+
     ``event_key`` renames structlog's ``event`` key, for Elastic's ECS mapping, in which a
     top-level string ``event`` collides with the ``event.*`` object.
     """
     output = sys.stdout if stream is None else stream
+    if fmt == "auto":
+        # People at a terminal get readable lines; pipes, files and log shippers get JSON.
+        fmt = "console" if output.isatty() else "json"
     final: list[Any] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]
     if fmt == "console":
         final += [redact_secrets, structlog.dev.ConsoleRenderer(colors=output.isatty())]

@@ -1,7 +1,7 @@
 """What happens to each record, decided before anything is sent, and the cycle's counts.
 
-``decide`` is a pure function of the record, its mapping and what the state store knows
-about it, so every rule here (lookback de-duplication, change suppression, deletes,
+``decide`` is a pure function of the record, its mapping and what the state store holds
+for it, so every rule here (lookback de-duplication, change suppression, deletes,
 merges, key changes, duplicate keys) is testable without a server.
 """
 
@@ -23,7 +23,7 @@ Mode = Literal["incremental", "backfill", "replay"]
 Status = Literal["succeeded", "partial", "interrupted", "failed"]
 Action = Literal["push", "unchanged", "reread", "skip", "set_aside"]
 
-# How a deleted or merged-away contact is marked in Charles, which has no delete.
+# Marks for a deleted or merged-away contact in Charles, which has no delete.
 DELETED_TAG = "salesforce-deleted"
 DELETED_PROPERTY = "salesforce_deleted"
 MERGED_INTO_PROPERTY = "salesforce_merged_into"
@@ -53,7 +53,7 @@ def payload_hash(payload: dict[str, Any]) -> str:
 
 
 def mask_key(key: str | None) -> str | None:
-    """A phone-number key with its middle digits hidden, for logs: ``+1415*****71``."""
+    """Hide the middle digits of a phone-number key for logs: ``+1415*****71``."""
     if not key:
         return key
     if len(key) <= 6:
@@ -174,7 +174,7 @@ def _decide_deleted(
 
 @dataclass
 class CycleReport:
-    """What one cycle did; logged as ``sync.cycle_completed`` and stored in the cycle history."""
+    """The counts and positions of one cycle, logged as ``sync.cycle_completed`` and stored in the cycle history."""
 
     cycle_id: str
     mode: Mode
@@ -257,7 +257,7 @@ class CycleReport:
         }
 
     def watermark_lag_s(self) -> float | None:
-        """How far the watermark trails Salesforce's clock at the end of the window, in seconds."""
+        """Return how far the watermark trails Salesforce's clock at the end of the window, in seconds."""
         if self.watermark_after is None or self.window_end is None:
             return None
         return round(max(0.0, (self.window_end - self.watermark_after.modstamp).total_seconds()), 3)

@@ -1,6 +1,7 @@
 """Salesforce source: OAuth, describe, and changed records streamed page by page.
 
-The only module that imports simple_salesforce and requests. We obtain the OAuth token
+The only module that imports simple_salesforce; requests is also used by
+:mod:`connector.salesforce_bulk`, through this module's session. We obtain the OAuth token
 ourselves, because simple-salesforce posts logins only to ``*.salesforce.com`` hosts,
 then hand the session to simple-salesforce. Its own re-login is therefore off, which also
 avoids its unbounded re-login recursion; we re-authenticate once per expired session.
@@ -48,7 +49,7 @@ _T = TypeVar("_T")
 # Largest LIMIT that fetch_where sends: one query page at the maximum batch size.
 MAX_FETCH_LIMIT = 2000
 
-# Always selected: the cursor (SystemModstamp, Id) and what tells deletes and merges apart.
+# Always selected: the cursor (SystemModstamp, Id) and the fields that mark deletes and merges.
 CURSOR_FIELDS = ("Id", "SystemModstamp", "IsDeleted", "MasterRecordId")
 # Lower bound of a window that has none, for splitting; Salesforce has no older records.
 EARLIEST_MODSTAMP = datetime(1999, 1, 1, tzinfo=UTC)
@@ -292,6 +293,15 @@ class SalesforceSource:
                 return
             result = self._call(lambda sf: sf.query_more(next_url, identifier_is_url=True, headers=headers), "next query page")
 
+    def count_changes(
+        self, object_name: str, after: Watermark | None, before: datetime, conditions: tuple[str, ...] = ()
+    ) -> int:
+        """Count the records that ``changes`` returns for the same window, deleted ones included."""
+        soql = f"SELECT COUNT() FROM {_checked(object_name)} WHERE {window_condition(after, before, conditions)}"
+        log.debug("salesforce.query_started", soql=soql)
+        result = self._call(lambda sf: sf.query(soql, include_deleted=True), f"count on {object_name}")
+        return int(result.get("totalSize", 0))
+
     def fetch_by_ids(self, object_name: str, fields: list[str], record_ids: list[str]) -> Iterator[dict[str, Any]]:
         """The current version of each record, deleted ones included, in chunks of 200 Ids."""
         for start in range(0, len(record_ids), 200):
@@ -300,6 +310,23 @@ class SalesforceSource:
             soql = f"SELECT {', '.join(_select_list(fields))} FROM {_checked(object_name)} WHERE Id IN ({id_list})"
             for page in self._pages(soql):
                 yield from page.records
+
+    # Access for the Bulk API 2.0 reader, which sends its own requests
+
+    @property
+    def http_session(self) -> requests.Session:
+        """The session that every Salesforce request goes through: timeouts, CA trust, API usage."""
+        return self._session
+
+    def rest_endpoint(self) -> tuple[str, str]:
+        """Return the REST base URL (``https://<instance>/services/data/vNN.N/``) and the access token.
+
+        Logs in first if there is no session yet.
+        """
+        if self._client is None:
+            self.login()
+        assert self._client is not None
+        return self._client.base_url, self._client.session_id
 
     def close(self) -> None:
         self._session.close()
@@ -313,14 +340,19 @@ def build_changes_query(
     ``conditions`` are SOQL fragments that the field map built from validated names and
     escaped literals.
     """
+    return (
+        f"SELECT {', '.join(_select_list(fields))} FROM {_checked(object_name)} "
+        f"WHERE {window_condition(after, before, conditions)} ORDER BY SystemModstamp ASC, Id ASC"
+    )
+
+
+def window_condition(after: Watermark | None, before: datetime, conditions: tuple[str, ...] = ()) -> str:
+    """Build the WHERE condition of a change window: the keyset lower bound, ``before`` and the map's conditions."""
     clauses = [f"SystemModstamp < {soql_datetime(before)}"]
     if after is not None:
         clauses.insert(0, after.soql_after())
     clauses.extend(f"({condition})" for condition in conditions)
-    return (
-        f"SELECT {', '.join(_select_list(fields))} FROM {_checked(object_name)} "
-        f"WHERE {' AND '.join(clauses)} ORDER BY SystemModstamp ASC, Id ASC"
-    )
+    return " AND ".join(clauses)
 
 
 def _select_list(fields: list[str]) -> list[str]:

@@ -3,7 +3,7 @@
 Values come from environment variables with the ``SFCHARLES_`` prefix and, optionally, from
 a TOML or YAML file named by ``SFCHARLES_CONFIG_FILE``; the environment wins. Every secret
 may instead be read from a file named by ``<VARIABLE>_FILE`` (Docker and Kubernetes secret
-mounts). Every problem is reported at once, each with the variable or key that holds it.
+mounts). Every problem is reported at once, each with the variable or key that contains it.
 
 This module is the only place that reads the process environment.
 """
@@ -60,6 +60,8 @@ class Settings(BaseModel):
     salesforce_page_size: int = Field(default=2000, ge=200, le=2000)
     sync_lag_s: float = Field(default=0.0, ge=0, le=3600)
     lookback_s: float = Field(default=600.0, ge=0, le=7 * 86400)
+    # A backfill of more records than this reads through a Bulk API 2.0 query job; 0 never does.
+    bulk_threshold: int = Field(default=100_000, ge=0)
 
     # Charles
     charles_base_url: str
@@ -97,7 +99,7 @@ class Settings(BaseModel):
     pipeline: str = Field(default="contacts", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     poll_interval_s: float = Field(default=60.0, ge=1, le=86400)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "console"] = "json"
+    log_format: Literal["auto", "json", "console"] = "auto"
     log_event_key: Literal["event", "message"] = "event"
 
     # Metrics and health endpoint, off unless a port is set
@@ -179,7 +181,7 @@ class Settings(BaseModel):
         return self
 
     def resolved_auth(self) -> Literal["jwt", "client_credentials"]:
-        """The OAuth flow: as set, else JWT when a private key is given, else client credentials."""
+        """Return the OAuth flow: as set, else JWT when a private key is given, else client credentials."""
         if self.salesforce_auth is not None:
             return self.salesforce_auth
         return "jwt" if self.salesforce_private_key is not None else "client_credentials"
@@ -284,7 +286,7 @@ def _read_config_file(path: Path, problems: list[str]) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     known = set(Settings.model_fields)
     for key, value in data.items():
-        # A section such as [charles] holds keys that are prefixed with its name.
+        # A section such as [charles] contains keys that are prefixed with its name.
         if isinstance(value, dict):
             for inner_key, inner_value in value.items():
                 field = f"{key}_{inner_key}".lower()

@@ -129,7 +129,7 @@ MIGRATIONS: dict[int, Any] = {2: _migrate_to_2, 3: _migrate_to_3}
 
 @dataclass(frozen=True)
 class RecordState:
-    """What the store knows about one Salesforce record."""
+    """The stored state of one Salesforce record."""
 
     modstamp: str
     outcome: str
@@ -334,7 +334,7 @@ class StateStore:
     # Records, checkpoints and dead letters
 
     def record_states(self, pipeline: str, record_ids: list[str]) -> dict[str, RecordState]:
-        """What is stored for each of ``record_ids`` (missing ones are absent), in batches."""
+        """Return the stored state of each of ``record_ids``; records never seen are absent."""
         found: dict[str, RecordState] = {}
         with self._engine.connect() as conn:
             for start in range(0, len(record_ids), 500):
@@ -347,7 +347,7 @@ class StateStore:
         return found
 
     def key_owners(self, pipeline: str, keys: list[str]) -> dict[str, str]:
-        """The record that holds each active external_reference_id in ``keys``."""
+        """Return the record that owns each active external_reference_id in ``keys``."""
         owners: dict[str, str] = {}
         with self._engine.connect() as conn:
             for start in range(0, len(keys), 500):
@@ -362,7 +362,7 @@ class StateStore:
         return owners
 
     def active_keys(self, pipeline: str, record_ids: list[str]) -> dict[str, list[str]]:
-        """The active keys of each record in ``record_ids`` (usually one, none if never sent)."""
+        """Return the active keys of each record in ``record_ids``: usually one, none if never sent."""
         found: dict[str, list[str]] = {}
         with self._engine.connect() as conn:
             for start in range(0, len(record_ids), 500):
@@ -416,7 +416,7 @@ class StateStore:
     ) -> None:
         """Write a batch of outcomes and move the watermark, all in one transaction.
 
-        The watermark only moves forward here; a position at or behind the stored one is
+        The watermark only moves forward here. A position at or behind the stored one is
         ignored, because lookback re-reads and merge winners are handled out of order.
         """
         now = _now()

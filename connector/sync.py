@@ -12,19 +12,21 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 
+from connector.backfill import BackfillProgress, PageListener, count_window, uses_bulk
 from connector.cursor import OrderGuard, Watermark, describe, format_iso
 from connector.errors import ConfigurationError, ConnectorError, FatalError
 from connector.field_map import FieldMap, Mapped
 from connector.logs import get_logger
 from connector.outcomes import CycleReport, Decision, Mode, decide, mask_key
 from connector.progress import Entry, Progress
-from connector.salesforce import SalesforceSource, record_position
+from connector.salesforce import Page, SalesforceSource, record_position
+from connector.salesforce_bulk import BulkCountMismatch, BulkReader
 from connector.settings import Settings
 from connector.state import StateStore
 
@@ -64,14 +66,20 @@ class Syncer:
         since: datetime | None = None,
         until: datetime | None = None,
         force: bool = False,
+        restart: bool = False,
+        on_page: PageListener | None = None,
     ) -> CycleReport:
         """Run one cycle and return its report; raises only for configuration errors.
 
         A cycle that runs longer than SFCHARLES_CYCLE_TIMEOUT_S stops fetching as if a
-        stop was requested, and commits what it finished.
+        stop was requested, and commits what it finished. A backfill resumes after the
+        position where an earlier one with the same ``since`` stopped, unless ``restart``.
+        ``on_page`` is called after every committed page.
         """
         report = CycleReport(cycle_id=uuid.uuid4().hex[:16], mode=mode)
         started = time.monotonic()
+        if hasattr(self.sink, "begin_cycle"):
+            self.sink.begin_cycle()
         self._deadline = started + self.settings.cycle_timeout_s
         with structlog.contextvars.bound_contextvars(cycle_id=report.cycle_id, mode=mode, pipeline=self.pipeline):
             report.watermark_before = self.store.get_watermark(self.pipeline)
@@ -84,7 +92,7 @@ class Syncer:
                 force=force,
             )
             try:
-                self._run(report, since=since, until=until, force=force)
+                self._run(report, since=since, until=until, force=force, restart=restart, on_page=on_page)
             except ConnectorError as exc:
                 report.status = "failed"
                 report.error = str(exc)
@@ -120,13 +128,28 @@ class Syncer:
             self._finish(report, started)
         return report
 
-    def _run(self, report: CycleReport, *, since: datetime | None, until: datetime | None, force: bool) -> None:
-        # Window: from the watermark, less the lookback, up to Salesforce's clock.
+    def _run(
+        self,
+        report: CycleReport,
+        *,
+        since: datetime | None,
+        until: datetime | None,
+        force: bool,
+        restart: bool = False,
+        on_page: PageListener | None = None,
+    ) -> None:
+        # Window: from the watermark, less the lookback, up to Salesforce's clock. A
+        # backfill starts at ``since``, or after where an earlier one stopped.
         start = self._window_start(report, since)
         end = self._window_end(until)
         report.window_end = end
+        backfill = BackfillProgress(self.store, self.pipeline) if report.mode == "backfill" else None
+        if backfill is not None:
+            start = backfill.begin(since, restart=restart) or start
         if start is not None and start.modstamp >= end:
             log.debug("sync.window_empty", start=str(start), end=format_iso(end))
+            if backfill is not None:
+                backfill.clear()
             return
 
         # Records set aside in earlier cycles go first, by Id.
@@ -140,8 +163,9 @@ class Syncer:
         pushed_ids: set[str] = set()
         fields = self.field_map.source_fields()
         conditions = tuple(self.field_map.soql_conditions())
+        pages, bulk, total = self._open_changes(report, fields, start, end, conditions)
         try:
-            for page in self.source.changes(self.field_map.object_name, fields, start, end, conditions):
+            for page in pages:
                 decisions = self._decide_page(page.records, report, force=force)
                 for record, decision in zip(page.records, decisions, strict=True):
                     if self._stop_reason(report):
@@ -153,15 +177,22 @@ class Syncer:
                     if decision.merged_into:
                         merge_winners.add(decision.merged_into)
                     progress.collect(block=len(progress) > 2 * self.settings.salesforce_page_size)
-                self._checkpoint(report, progress, since)
+                self._checkpoint(report, progress, since, backfill=backfill, hold_watermark=bulk)
+                if on_page is not None:
+                    on_page(report.fetched, total if total is not None else page.total_size)
                 if report.status == "interrupted":
                     break
         except ConfigurationError:
             progress.cancel_pending()
             raise
-        except FatalError:
+        except FatalError as exc:
             progress.collect(block=True)
-            self._checkpoint(report, progress, since)
+            self._checkpoint(report, progress, since, backfill=backfill, hold_watermark=bulk)
+            if backfill is not None and isinstance(exc, BulkCountMismatch):
+                # Records may be missing anywhere before the stored position, so the next
+                # backfill reads the whole window again. Unchanged records are not sent
+                # again, unless it runs with --force.
+                backfill.clear()
             raise
 
         # Drain the remaining pushes and commit; then send merge winners again. After a stop
@@ -170,9 +201,33 @@ class Syncer:
         if not progress.collect(block=True, until=until):
             log.warning("sync.upserts_abandoned", count=len(progress), reason="shutdown grace period over")
             progress.cancel_pending()
-        self._checkpoint(report, progress, since)
+        self._checkpoint(report, progress, since, backfill=backfill, hold_watermark=bulk and report.status == "interrupted")
+        if backfill is not None and report.status == "succeeded" and not sum(report.failed_by_reason.values()):
+            backfill.clear()
         if merge_winners and report.status != "interrupted":
             self._resend(report, sorted(merge_winners - pushed_ids), reason="merge_winner")
+
+    def _open_changes(
+        self, report: CycleReport, fields: list[str], start: Watermark | None, end: datetime, conditions: tuple[str, ...]
+    ) -> tuple[Iterator[Page], bool, int | None]:
+        """Open the window's pages, and return them, whether they come from Bulk API 2.0, and the count if known.
+
+        A backfill counts its window first and reads more than SFCHARLES_BULK_THRESHOLD
+        records through a Bulk API 2.0 query job; everything else reads through REST.
+        """
+        object_name = self.field_map.object_name
+        if report.mode != "backfill":
+            return self.source.changes(object_name, fields, start, end, conditions), False, None
+        count = count_window(self.source, object_name, start, end, conditions)
+        threshold = self.settings.bulk_threshold
+        if not uses_bulk(count, threshold):
+            log.info("sync.backfill_counted", count=count, bulk_threshold=threshold)
+            return self.source.changes(object_name, fields, start, end, conditions), False, count
+        log.info("sync.bulk_selected", count=count, bulk_threshold=threshold)
+        reader = BulkReader(
+            self.source, page_size=self.settings.salesforce_page_size, should_stop=lambda: self._stop_reason(report) is not None
+        )
+        return reader.changes(object_name, fields, start, end, conditions), True, count
 
     def _stop_reason(self, report: CycleReport) -> str | None:
         """Why fetching must stop now, if it must; marks the report interrupted."""
@@ -266,21 +321,34 @@ class Syncer:
             pushed_ids.add(decision.record_id)
         return Entry(position, decision, future)
 
-    def _checkpoint(self, report: CycleReport, progress: Progress, since: datetime | None) -> None:
+    def _checkpoint(
+        self,
+        report: CycleReport,
+        progress: Progress,
+        since: datetime | None,
+        *,
+        backfill: BackfillProgress | None = None,
+        hold_watermark: bool = False,
+    ) -> None:
         """Commit collected outcomes and the handled prefix, never moving the watermark back.
 
         A backfill moves the daemon's watermark only when its window joins up with what
-        the daemon already covered; otherwise a gap before ``since`` would be skipped.
+        the daemon already covered. Otherwise a gap before ``since`` would be skipped.
+        With ``hold_watermark`` (a Bulk API read whose record count is not checked yet) it
+        does not move it at all. The backfill's own position moves after the outcomes are
+        committed, so a crash between the two makes the next backfill re-read one page.
         """
         handled = progress.handled
+        watermark = handled
         if report.mode == "backfill":
             joined = since is None or (report.watermark_before is not None and since <= report.watermark_before.modstamp)
-            if not joined:
-                handled = None
+            if not joined or hold_watermark:
+                watermark = None
         batch = progress.take_outcomes()
-        if handled is None and batch.empty:
-            return
-        self.store.checkpoint(self.pipeline, watermark=handled, handled=batch.handled, set_aside=batch.set_aside, key_changes=batch.key_changes)
+        if watermark is not None or not batch.empty:
+            self.store.checkpoint(self.pipeline, watermark=watermark, handled=batch.handled, set_aside=batch.set_aside, key_changes=batch.key_changes)
+        if backfill is not None and handled is not None:
+            backfill.advance(handled)
 
     def _retry_dead_letters(self, report: CycleReport) -> None:
         limit = self.settings.dead_letter_max_attempts

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import phonenumbers
 import pycountry
 from email_validator import EmailNotValidError, validate_email
+from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 
 from connector.cursor import parse_salesforce_datetime
 
@@ -145,6 +146,10 @@ def scalar_text(raw: Any) -> Converted:
     """
     if raw is None:
         return EMPTY
+    if isinstance(raw, str) and raw.isascii():
+        # NFC leaves ASCII unchanged and ASCII always encodes, so trimming is all that is left.
+        text = raw.strip()
+        return _one(text) if text else EMPTY
     if isinstance(raw, bool):
         return _one("true" if raw else "false")
     if isinstance(raw, (int, float)):
@@ -193,7 +198,8 @@ def country_to_region(country: str) -> str | None:
         return None
 
 
-def _parse_phone(raw: Any, region: str | None) -> phonenumbers.PhoneNumber | Converted:
+def parse_phone(raw: Any, region: str | None) -> phonenumbers.PhoneNumber | Converted:
+    """Parse a phone number; return the parsed number, or a Converted that is empty or names the problem."""
     converted = scalar_text(raw)
     if not converted.values:
         return converted
@@ -213,9 +219,14 @@ def to_phone(raw: Any, region: str | None) -> Converted:
     ``region`` is used for numbers without a ``+`` prefix. Numbers that phonenumbers does
     not consider able to exist (``is_valid_number``) are dropped.
     """
-    number = _parse_phone(raw, region)
+    number = parse_phone(raw, region)
     if isinstance(number, Converted):
         return number
+    return phone_e164(number, region)
+
+
+def phone_e164(number: phonenumbers.PhoneNumber, region: str | None) -> Converted:
+    """Return a parsed number in E.164, or drop it unless phonenumbers considers it valid."""
     if not phonenumbers.is_valid_number(number):
         where = f"region {region}" if region else "the country of its + prefix"
         return _dropped(f"not a valid number for {where}", "phone_invalid")
@@ -227,13 +238,25 @@ def to_phone_extension(raw: Any, region: str | None) -> Converted:
 
     The number itself need not be valid; whether it is decides only the phone targets.
     """
-    number = _parse_phone(raw, region)
+    number = parse_phone(raw, region)
     if isinstance(number, Converted):
         return number
+    return phone_extension(number)
+
+
+def phone_extension(number: phonenumbers.PhoneNumber) -> Converted:
+    """Return the extension of a parsed number, or nothing if it has none."""
     return _one(number.extension) if number.extension else EMPTY
 
 
 # --------------------------------------------------------------------------- emails
+
+
+# An ASCII dot-atom local part (RFC 5322 atext), which email-validator accepts and keeps as it is.
+_PLAIN_LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+# email-validator's limits (RFC 5321): 64 octets before the @, 254 for the whole address.
+_MAX_LOCAL_PART = 64
+_MAX_ADDRESS = 254
 
 
 def to_email(raw: Any) -> Converted:
@@ -241,15 +264,50 @@ def to_email(raw: Any) -> Converted:
 
     No DNS look-ups (``check_deliverability=False``): a sync loop must not depend on a
     resolver for every record.
+
+    Most of email-validator's time goes to checking the domain, which few records differ
+    in. An address with a plain ASCII local part therefore has its domain checked once per
+    domain, with the same library call, and gets the same result as a full check. Other
+    addresses take the full check.
     """
     converted = scalar_text(raw)
     if not converted.values:
         return converted
+    address = converted.values[0]
+    local_part, at_sign, domain = address.rpartition("@")
+    if (
+        at_sign
+        and address.isascii()
+        and len(local_part) <= _MAX_LOCAL_PART
+        and _PLAIN_LOCAL_PART.fullmatch(local_part)
+        # email-validator lowercases these (postmaster, abuse, ...); the full check does it.
+        and local_part.lower() not in CASE_INSENSITIVE_MAILBOX_NAMES
+    ):
+        checked = _email_domain(domain)
+        if isinstance(checked, Converted):
+            return checked
+        normalized = f"{local_part}@{checked[0]}"
+        ascii_form = f"{local_part}@{checked[1]}"
+        if max(len(address), len(normalized.encode("utf-8")), len(ascii_form)) <= _MAX_ADDRESS:
+            return _one(normalized)
     try:
-        result = validate_email(converted.values[0], check_deliverability=False)
+        result = validate_email(address, check_deliverability=False)
     except EmailNotValidError as exc:
         return _dropped(f"invalid email address ({_email_reason(exc)})")
     return _one(result.normalized)
+
+
+@lru_cache(maxsize=4096)
+def _email_domain(domain: str) -> tuple[str, str] | Converted:
+    """Check the part after the @ once; return its normalised and ASCII forms, or the problem.
+
+    The address checked has the local part ``a``, which is valid, so any error is the domain's.
+    """
+    try:
+        result = validate_email(f"a@{domain}", check_deliverability=False)
+    except EmailNotValidError as exc:
+        return _dropped(f"invalid email address ({_email_reason(exc)})")
+    return result.domain, result.ascii_domain or result.domain
 
 
 def _email_reason(exc: EmailNotValidError) -> str:

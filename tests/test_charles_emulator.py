@@ -836,3 +836,72 @@ def test_cli_sigint_exits_zero() -> None:
     assert ready["event"] == "charles_emulator.ready"
     assert exit_code == 0
     assert remaining == ""
+
+
+# --------------------------------------------------------------------------- counting without storing
+
+
+def test_no_store_counts_without_keeping() -> None:
+    with CharlesEmulator(api_key=API_KEY, store=False) as emulator, httpx.Client(
+        base_url=emulator.url, headers={"x-api-key": API_KEY}, timeout=10.0
+    ) as client:
+        first = client.put(CONTACTS, json=contact_body())
+        second = client.put(CONTACTS, json=contact_body(last_name="Byron"))
+        invalid = client.put(CONTACTS, json=contact_body(external_reference_id=""))
+        counts = client.get("/_emulator/requests").json()
+
+        assert first.status_code == 200
+        assert second.json()["data"]["last_name"] == "Byron"
+        assert second.json()["data"]["id"] != first.json()["data"]["id"]
+        assert invalid.status_code == 422
+        assert emulator.contacts() == []
+        assert emulator.upserts == []
+        assert emulator.requests == []
+        assert emulator.request_count == 3
+        assert emulator.upsert_count == 2
+        assert counts["count"] == 3
+        assert counts["by_status"] == {"200": 2, "422": 1}
+        assert counts["upserts"] == 2
+
+
+def test_no_store_reset_clears_counts() -> None:
+    with CharlesEmulator(api_key=API_KEY, store=False) as emulator:
+        httpx.put(emulator.url + CONTACTS, json=contact_body(), headers={"x-api-key": API_KEY}, timeout=10.0)
+        emulator.reset()
+
+        assert emulator.request_count == 0
+        assert emulator.upsert_count == 0
+
+
+def test_store_counts_match_log(emulator: CharlesEmulator, client: httpx.Client) -> None:
+    client.put(CONTACTS, json=contact_body())
+    client.put(CONTACTS, json=contact_body())
+
+    assert emulator.request_count == len(emulator.requests) == 2
+    assert emulator.upsert_count == len(emulator.upserts) == 2
+
+
+def test_cli_no_store_flag() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "connector.emulators.charles", "--port", "0", "--api-key", API_KEY, "--no-store"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        ready = json.loads(read_line(process.stdout, 30.0))
+        httpx.put(ready["url"] + CONTACTS, json=contact_body(), headers={"x-api-key": API_KEY}, timeout=10.0)
+        contacts = httpx.get(ready["url"] + "/_emulator/contacts", timeout=10.0).json()
+        counts = httpx.get(ready["url"] + "/_emulator/requests", timeout=10.0).json()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30.0)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+
+    assert contacts["count"] == 0
+    assert counts["upserts"] == 1

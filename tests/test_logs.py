@@ -73,3 +73,25 @@ def test_event_key_renamed_for_elastic() -> None:
     [line] = lines(stream)
     assert line["message"] == "test.event"
     assert "event" not in line
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_auto_format_console_on_terminal() -> None:
+    stream = Terminal()
+    configure_logging("INFO", "auto", stream=stream)
+    get_logger("connector.test").info("test.event", count=3)
+    output = stream.getvalue()
+    assert "test.event" in output
+    assert not output.lstrip().startswith("{")
+
+
+def test_auto_format_json_when_piped() -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", "auto", stream=stream)
+    get_logger("connector.test").info("test.event", count=3)
+    [line] = lines(stream)
+    assert line["event"] == "test.event"

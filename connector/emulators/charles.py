@@ -19,6 +19,11 @@ The last request body stored for a person is in ``data["channel_users"][0]["payl
 which is where the vendor's example response shows it. ``CharlesEmulator.upserts`` also
 lists every accepted body in arrival order.
 
+``store=False`` (``--no-store``) keeps neither people, bodies nor request log entries, only
+counts (``request_count``, ``upsert_count`` and the counts of ``/_emulator/requests``), so a
+benchmark can send millions of upserts without the emulator's memory growing. Every
+upsert is then answered as a first one: a new person with a new ``id``.
+
 NOTE: the vendor documents only the success response. The error envelope, the status
 codes for each validation failure, the 422 for unknown fields and the rule that a phone
 number or email address is new when its ``(type, value)`` pair is new are this
@@ -893,6 +898,8 @@ class CharlesEmulator:
         port: int = 0,
         api_key: str = DEFAULT_API_KEY,
         latency_s: float = 0.0,
+        *,
+        store: bool = True,
     ) -> None:
         if not api_key:
             raise ValueError("api_key must be a non-empty string")
@@ -905,9 +912,13 @@ class CharlesEmulator:
         self._thread: threading.Thread | None = None
         self._url: str | None = None
 
+        self._store = store
         self._people: dict[tuple[str, str], _Person] = {}
         self._upserts: list[dict[str, Any]] = []
         self._requests: list[dict[str, Any]] = []
+        self._upsert_count = 0
+        self._status_counts: collections.Counter[str] = collections.Counter()
+        self._fault_counts: collections.Counter[str] = collections.Counter()
         self._in_flight = 0
         self._rejections: dict[str, tuple[int, str]] = {}
         self._latency_s = 0.0
@@ -1010,6 +1021,18 @@ class CharlesEmulator:
             return [dict(entry) for entry in self._requests]
 
     @property
+    def request_count(self) -> int:
+        """Number of API requests finished since the start or the last reset(), stored or not."""
+        with self._lock:
+            return sum(self._status_counts.values())
+
+    @property
+    def upsert_count(self) -> int:
+        """Number of upserts accepted since the start or the last reset(), stored or not."""
+        with self._lock:
+            return self._upsert_count
+
+    @property
     def in_flight(self) -> int:
         """Number of API requests that have arrived and are not finished yet."""
         with self._lock:
@@ -1070,6 +1093,9 @@ class CharlesEmulator:
             self._people.clear()
             self._upserts.clear()
             self._requests.clear()
+            self._upsert_count = 0
+            self._status_counts.clear()
+            self._fault_counts.clear()
             self._rejections.clear()
             self._latency_s = 0.0
             self._script = collections.deque()
@@ -1098,7 +1124,11 @@ class CharlesEmulator:
         """Log a finished API request. Every ``_begin_request`` call must be paired with one."""
         with self._lock:
             self._in_flight -= 1
-            self._requests.append(entry)
+            self._status_counts["none" if entry["status"] is None else str(entry["status"])] += 1
+            if entry["fault"] is not None:
+                self._fault_counts[entry["fault"]] += 1
+            if self._store:
+                self._requests.append(entry)
 
     def _rejection_for(self, external_reference_id: str) -> tuple[int, str] | None:
         with self._lock:
@@ -1108,7 +1138,14 @@ class CharlesEmulator:
         """Create or update the person for a validated body and return it as the API does."""
         now = dt.datetime.now(dt.timezone.utc)
         key = (body["source_type"], body["external_reference_id"])
+        if not self._store:
+            with self._lock:
+                self._upsert_count += 1
+            person = _new_person(body, now)
+            _merge_into_person(person, body, now)
+            return _render_person(person)
         with self._lock:
+            self._upsert_count += 1
             person = self._people.get(key)
             if person is None:
                 person = _new_person(body, now)
@@ -1153,15 +1190,14 @@ class CharlesEmulator:
         return {"count": len(contacts), "contacts": contacts}
 
     def _admin_requests(self, _body: dict[str, Any]) -> dict[str, Any]:
-        requests = self.requests
-        by_status = collections.Counter("none" if r["status"] is None else str(r["status"]) for r in requests)
-        by_fault = collections.Counter(r["fault"] for r in requests if r["fault"] is not None)
-        return {
-            "count": len(requests),
-            "by_status": dict(by_status),
-            "by_fault": dict(by_fault),
-            "in_flight": self.in_flight,
-        }
+        with self._lock:
+            return {
+                "count": sum(self._status_counts.values()),
+                "by_status": dict(self._status_counts),
+                "by_fault": dict(self._fault_counts),
+                "in_flight": self._in_flight,
+                "upserts": self._upsert_count,
+            }
 
     def _admin_latency(self, body: dict[str, Any]) -> dict[str, Any]:
         if "seconds" not in body:
@@ -1226,6 +1262,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="delay added before every API response, in milliseconds (default: 0)",
     )
     parser.add_argument(
+        "--no-store",
+        action="store_true",
+        help="keep only request and upsert counts, not people, bodies or the request log (for large benchmarks)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -1265,6 +1306,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         api_key=args.api_key,
         latency_s=args.latency_ms / 1000.0,
+        store=not args.no_store,
     )
     try:
         emulator.start()

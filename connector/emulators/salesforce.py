@@ -9,6 +9,7 @@ real API:
   ``Sforce-Query-Options: batchSize=N``;
 * ``sobjects`` (global describe), ``sobjects/<Object>``, ``sobjects/<Object>/describe``,
   ``sobjects/<Object>/<Id>``, ``sobjects/<Object>/updated`` and ``.../deleted``, ``limits``;
+* Bulk API 2.0 query jobs under ``jobs/query`` (see :mod:`connector.emulators.bulk`);
 * the ``Sforce-Limit-Info`` header and daily API quota, 401 ``INVALID_SESSION_ID`` for unknown
   or expired tokens, and injectable faults.
 
@@ -18,7 +19,10 @@ processes through the unauthenticated ``/_emulator/`` endpoints on the same serv
 By default the org has Contact, Account and User. ``leads=True`` (``--leads``) adds the
 Lead object, and ``person_accounts=True`` (``--person-accounts``) adds the Person Account
 fields to Account (``IsPersonAccount``, ``PersonMobilePhone``, ``PersonEmail``, ...). Each
-option also seeds the synthetic sample records of :mod:`connector.emulators.samples`. A
+option also seeds the synthetic sample records of :mod:`connector.emulators.samples`.
+``generated_contacts=N`` (``--generated-contacts N``) adds N read-only Contacts that are
+computed from their index when a query reaches them instead of being stored, for benchmarks
+of large orgs (see :mod:`connector.emulators.generated`). A
 person account is created with ``IsPersonAccount: true``, and its Name is built from its
 name fields. The emulator creates no Contact behind a person account, which a real org does.
 
@@ -68,7 +72,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import jwt
 
-from connector.emulators import _tls, samples, soql
+from connector.emulators import _tls, bulk, generated, samples, soql
 
 __all__ = ["SalesforceEmulator", "main"]
 
@@ -1332,6 +1336,7 @@ class SalesforceEmulator:
         token_lifetime_s: float = DEFAULT_TOKEN_LIFETIME_S,
         leads: bool = False,
         person_accounts: bool = False,
+        generated_contacts: int = 0,
     ) -> None:
         if page_size < 1:
             raise ValueError(f"page_size must be at least 1, got {page_size}")
@@ -1392,6 +1397,12 @@ class SalesforceEmulator:
         # An empty seed list ("--empty") means no sample records of any object.
         if seed_files is None or paths:
             seed_samples(self._store, base_time, leads=leads, person_accounts=person_accounts)
+        self._generated = (
+            generated.GeneratedContacts(generated_contacts, end=base_time, make_id=make_id, owner_id=USER_ID)
+            if generated_contacts
+            else None
+        )
+        self.bulk = bulk.BulkQueryJobs(self._bulk_snapshot, now=self.now, make_id=make_id, user_id=USER_ID)
 
     # Lifecycle
 
@@ -1775,6 +1786,9 @@ class SalesforceEmulator:
         if used > self.daily_api_limit:
             logger.warning("daily API limit exceeded: used=%d max=%d path=%s", used, self.daily_api_limit, request.path)
             return _error_response(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
+        if resource[:2] == ["jobs", "query"]:
+            status, body, headers = self.bulk.handle(request.method, version, resource[2:], request.params, request.body)
+            return _Response(status, body, headers)
         if request.method not in ("GET", "HEAD"):
             logger.info("method not allowed: method=%s path=%s", request.method, request.path)
             return _method_not_allowed(request.method)
@@ -1828,22 +1842,67 @@ class SalesforceEmulator:
             except soql.SoqlError as error:
                 logger.info("query rejected: error_code=%s query=%r", error.error_code, text)
                 return _error_response(400, error.error_code, error.message)
+            if self._generated is not None and compiled.object_name == "Contact":
+                try:
+                    result: _QueryResult | generated.GeneratedResult = self._query_generated(
+                        compiled, include_deleted, batch_size
+                    )
+                except generated.GeneratedQueryError as error:
+                    logger.info("query rejected: error_code=%s query=%r", error.error_code, text)
+                    return _error_response(400, error.error_code, error.message)
+            else:
+                rows = compiled.execute(
+                    store.iter_records(compiled.object_name, include_deleted), shuffle_seed=UNORDERED_SHUFFLE_SEED
+                )
+                chains = compiled.relationship_paths
+                snapshot = [
+                    (record, _resolve_parents(record, chains, store.dereference) if chains else _NO_PARENTS)
+                    for record in rows
+                ]
+                result = _QueryResult(compiled.object_name, _build_render_plan(compiled), snapshot, batch_size)
+            if compiled.is_count:
+                return _json_response(200, {"totalSize": len(result.rows), "done": True, "records": []})
+            if len(result.rows) > batch_size:
+                self._open_cursor(result)
+        return _json_response(200, result.page(0, batch_size, version))
+
+    def _query_generated(
+        self, compiled: soql.CompiledQuery, include_deleted: bool, batch_size: int
+    ) -> generated.GeneratedResult:
+        """Serve a Contact query from the generated Contacts merged with the stored ones."""
+        assert self._generated is not None
+        store = self._store
+        plan = _build_render_plan(compiled)
+        chains = compiled.relationship_paths
+
+        def render(record: dict[str, Any], version: str) -> dict[str, Any]:
+            parents = _resolve_parents(record, chains, store.dereference) if chains else _NO_PARENTS
+            return _render_row("Contact", record, parents, plan, version)
+
+        stored = list(store.iter_records("Contact", include_deleted))
+        return self._generated.query(compiled, stored, batch_size, render)
+
+    def _bulk_snapshot(self, text: str, include_deleted: bool) -> tuple[soql.CompiledQuery, bulk.QueryResult]:
+        """Compile and run a Bulk API query job's SOQL as the REST query does; raise soql.SoqlError."""
+        with self._lock:
+            store = self._store
+            compiled = soql.compile_text(text, store, store.dereference)
+            if self._generated is not None and compiled.object_name == "Contact":
+                try:
+                    return compiled, self._query_generated(compiled, include_deleted, MAX_BATCH_SIZE)
+                except generated.GeneratedQueryError as error:
+                    raise soql.SoqlError(error.error_code, error.message) from None
             rows = compiled.execute(
                 store.iter_records(compiled.object_name, include_deleted), shuffle_seed=UNORDERED_SHUFFLE_SEED
             )
-            if compiled.is_count:
-                return _json_response(200, {"totalSize": len(rows), "done": True, "records": []})
             chains = compiled.relationship_paths
             snapshot = [
                 (record, _resolve_parents(record, chains, store.dereference) if chains else _NO_PARENTS)
                 for record in rows
             ]
-            result = _QueryResult(compiled.object_name, _build_render_plan(compiled), snapshot, batch_size)
-            if len(snapshot) > batch_size:
-                self._open_cursor(result)
-        return _json_response(200, result.page(0, batch_size, version))
+            return compiled, _QueryResult(compiled.object_name, _build_render_plan(compiled), snapshot, MAX_BATCH_SIZE)
 
-    def _open_cursor(self, result: _QueryResult) -> None:
+    def _open_cursor(self, result: _QueryResult | generated.GeneratedResult) -> None:
         now = self.now()
         self._drop_idle_cursors(now)
         while len(self._cursors) >= MAX_OPEN_CURSORS:
@@ -2217,6 +2276,13 @@ def _build_argument_parser() -> argparse.ArgumentParser:
     )
 
     parser.add_argument(
+        "--generated-contacts",
+        type=int,
+        default=0,
+        metavar="N",
+        help="add N read-only Contacts computed on the fly instead of stored, for large-org benchmarks (default: 0)",
+    )
+    parser.add_argument(
         "--page-size",
         type=int,
         default=2000,
@@ -2271,6 +2337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ca_file=arguments.ca_file,
             leads=arguments.leads,
             person_accounts=arguments.person_accounts,
+            generated_contacts=arguments.generated_contacts,
         )
         emulator.start()
     except (OSError, ValueError) as error:

@@ -1,0 +1,107 @@
+"""Benchmark results: one row per benchmark, written as a Markdown table and as JSON."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Every benchmark in the order of the report; the smoke test checks that each has a row.
+BENCHMARKS = (
+    "push_throughput",
+    "baseline",
+    "mapping",
+    "memory",
+    "idle_cycle",
+    "change_latency",
+    "unchanged_resync",
+)
+
+
+@dataclass
+class Result:
+    """One row of the results table.
+
+    ``met`` is None for a row without a target (the baseline) and for a benchmark that
+    could not run, whose ``error`` says why. ``values`` holds the raw measurements.
+    """
+
+    key: str
+    title: str
+    workload: str
+    figure: str
+    target: str
+    met: bool | None
+    emulator: str
+    commands: list[str]
+    values: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def machine() -> dict[str, Any]:
+    """Describe the machine: cores, memory, Python version and the load when the run started."""
+    memory_kib = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            memory_kib = int(line.split()[1])
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory_kib / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+def write(results: list[Result], out_dir: Path, *, profile: str, runs: int, started: dt.datetime, command: str) -> tuple[Path, Path]:
+    """Write ``results.json`` and ``results.md`` into ``out_dir``; return both paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    finished = dt.datetime.now(dt.timezone.utc)
+    header = {
+        "command": command,
+        "profile": profile,
+        "runs": runs,
+        "started": started.isoformat(timespec="seconds"),
+        "duration_s": round((finished - started).total_seconds(), 1),
+        "machine": machine(),
+    }
+    json_path = out_dir / "results.json"
+    json_path.write_text(json.dumps({**header, "results": [asdict(result) for result in results]}, indent=2) + "\n")
+    markdown_path = out_dir / "results.md"
+    markdown_path.write_text(_markdown(results, header))
+    return json_path, markdown_path
+
+
+def _markdown(results: list[Result], header: dict[str, Any]) -> str:
+    machine_info = header["machine"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"`{header['command']}`, profile `{header['profile']}`, {header['runs']} runs per figure unless the row says otherwise, "
+        f"started {header['started']}, took {header['duration_s']:.0f} s.",
+        f"Machine: {machine_info['cores']} cores, {machine_info['memory_gib']} GiB, Python {machine_info['python']}, "
+        f"{machine_info['platform']}; 1-minute load average at the start: {machine_info['load_average_1m']}.",
+        "",
+        "| Benchmark | Workload | Result | Target | Met | Emulator alone |",
+        "|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        met = {True: "yes", False: "**no**", None: "-"}[result.met]
+        figure = result.figure if result.error is None else f"did not run: {result.error}"
+        lines.append(f"| {result.title} | {result.workload} | {figure} | {result.target} | {met} | {result.emulator} |")
+    lines += ["", "## Commands", ""]
+    for result in results:
+        lines.append(f"**{result.title}**")
+        lines.append("")
+        lines += [f"    {command}" for command in result.commands]
+        lines.append("")
+    return "\n".join(lines)
