@@ -53,6 +53,20 @@ def _settings() -> Settings:
     return settings
 
 
+def _open_store(settings: Settings) -> Any:
+    """Open the state store for a command that needs no Salesforce or Charles connection."""
+    from connector.state import StateStore
+
+    try:
+        return StateStore(settings.state_url)
+    except ConfigurationError as exc:
+        _fail_configuration(exc)
+    except ConnectorError as exc:
+        log.error("cli.command_failed", error_type=exc.__class__.__name__, error=str(exc))
+        click.echo(f"sfcharles: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
 def _with_app(action: Callable[[Any], int], *, stop_on_signals: bool = False, exclusive: bool = False) -> NoReturn:
     """Build the app, run ``action`` with it, map errors to exit codes, and exit.
 
@@ -212,9 +226,13 @@ def check() -> NoReturn:
             "problems": problems,
             "salesforce_fields_read": app.field_map.source_fields(),
             "state_store": app.store.describe(),
+            # NOTE: the Charles API has no read-only endpoint, so the key is first tested by a real upsert.
+            "charles": "not checked: the API has no read-only call; the first upsert tests the key",
             "api_usage": None if usage is None else {"used": usage.used, "limit": usage.limit},
         }
         log.info("check.completed", **result)
+        if problems:
+            click.echo("sfcharles: field map does not match Salesforce:\n" + "\n".join(f"  - {p}" for p in problems), err=True)
         return EXIT_OK if not problems else EXIT_CONFIG
 
     _with_app(action)
@@ -228,7 +246,7 @@ def status(as_json: bool, cycles: int) -> None:
     from connector.state import StateStore
 
     settings = _settings()
-    store = StateStore(settings.state_url)
+    store = _open_store(settings)
     try:
         info = _status_info(store, settings.pipeline, cycles)
     finally:
@@ -243,7 +261,8 @@ def status(as_json: bool, cycles: int) -> None:
     click.echo(f"watermark lag:     {_seconds(info['watermark_lag_s'])} behind Salesforce at the last cycle")
     click.echo(f"last success:      {info['last_success_at'] or '-'}")
     click.echo(f"dead letters:      {info['dead_letters']}")
-    click.echo(f"Salesforce API:    {'-' if usage is None else f'{usage[0]} of {usage[1]} daily requests used'}")
+    usage_text = "-" if usage is None else f"{usage['used']} of {usage['limit']} daily requests used"
+    click.echo(f"Salesforce API:    {usage_text}")
     click.echo("recent cycles:")
     click.echo(f"  {'started':<25} {'mode':<11} {'status':<11} {'fetched':>8} {'pushed':>7} {'unchanged':>9} {'skipped':>7} {'failed':>6} {'seconds':>8}")
     for cycle in info["recent_cycles"]:
@@ -268,7 +287,7 @@ def _status_info(store: Any, pipeline: str, limit: int) -> dict[str, Any]:
     ]
     usage = None
     if last is not None and last.get("salesforce_api_limit"):
-        usage = [last["salesforce_api_used"], last["salesforce_api_limit"]]
+        usage = {"used": last["salesforce_api_used"], "limit": last["salesforce_api_limit"]}
     return {
         "pipeline": pipeline,
         "state_store": store.describe(),
@@ -297,7 +316,7 @@ def dead_letters_list(as_json: bool) -> None:
     from connector.state import StateStore
 
     settings = _settings()
-    store = StateStore(settings.state_url)
+    store = _open_store(settings)
     try:
         letters = store.dead_letters(settings.pipeline)
     finally:
@@ -327,7 +346,7 @@ def dead_letters_discard(record_id: str) -> None:
     from connector.state import StateStore
 
     settings = _settings()
-    store = StateStore(settings.state_url)
+    store = _open_store(settings)
     try:
         found = store.discard_dead_letter(settings.pipeline, record_id)
     finally:
@@ -352,7 +371,7 @@ def state_show(as_json: bool, cycles: int) -> None:
     from connector.state import StateStore
 
     settings = _settings()
-    store = StateStore(settings.state_url)
+    store = _open_store(settings)
     try:
         watermark = store.get_watermark(settings.pipeline)
         recent = store.recent_cycles(settings.pipeline, cycles)
@@ -392,10 +411,13 @@ def state_show(as_json: bool, cycles: int) -> None:
 @click.option("--to", "to", required=True, callback=_parse_time, help="New watermark time (ISO 8601 with offset); the next cycle re-reads from here.")
 def state_rewind(to: datetime) -> None:
     """Move the watermark to a chosen time, backwards included, so the next cycle re-reads from there."""
+    if to > datetime.now(UTC):
+        # Operator input is checked against the local clock; a future watermark would skip changes.
+        raise click.BadParameter(f"{to.isoformat()} is in the future; the next cycles would skip every change until then", param_hint="--to")
     from connector.state import StateStore
 
     settings = _settings()
-    store = StateStore(settings.state_url)
+    store = _open_store(settings)
     try:
         before = store.get_watermark(settings.pipeline)
         store.set_watermark(settings.pipeline, Watermark.start_of(to))
@@ -411,7 +433,7 @@ def state_reset() -> None:
     from connector.state import StateStore
 
     settings = _settings()
-    store = StateStore(settings.state_url)
+    store = _open_store(settings)
     try:
         store.set_watermark(settings.pipeline, None)
         log.info("state.watermark_reset", pipeline=settings.pipeline)

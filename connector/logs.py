@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 
+import stamina.instrumentation
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 
@@ -127,6 +128,10 @@ def configure_logging(
     root.setLevel(level)
     for name in _NOISY_LIBRARIES:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+    # stamina logs a warning per retry through structlog by default; the Charles sink logs
+    # its own charles.upsert_retrying lines at debug, with the record id.
+    stamina.instrumentation.set_on_retry_hooks([])
 
     structlog.configure(
         processors=[

@@ -198,6 +198,7 @@ class CycleReport:
     error: str | None = None
     error_type: str | None = None
     consecutive_failures: int = 0
+    caught_up: bool = False  # every change up to window_end was handled
 
     @property
     def skipped(self) -> int:
@@ -257,7 +258,13 @@ class CycleReport:
         }
 
     def watermark_lag_s(self) -> float | None:
-        """Return how far the watermark trails Salesforce's clock at the end of the window, in seconds."""
+        """Return how far the cycle trails Salesforce's clock at the end of the window, in seconds.
+
+        A cycle that handled every change up to the window's end is 0 behind, however old
+        the last change is; otherwise the lag is the time between the watermark and the end.
+        """
+        if self.caught_up and self.mode == "incremental":
+            return 0.0
         if self.watermark_after is None or self.window_end is None:
             return None
         return round(max(0.0, (self.window_end - self.watermark_after.modstamp).total_seconds()), 3)

@@ -16,6 +16,12 @@ from connector.state import Handled, KeyChange, SetAside
 
 log = get_logger("connector.sync")
 
+# This many upserts in a row that failed after all their retries end the cycle: Charles is
+# most likely down, and the records after them would only fail the same way.
+UNAVAILABLE_AFTER = 20
+# At most this many charles.upsert_failed lines per cycle; the summary counts the rest.
+FAILURES_LOGGED_PER_CYCLE = 10
+
 
 @dataclass
 class Entry:
@@ -48,6 +54,18 @@ class Progress:
         self._batch = OutcomeBatch()
         self.handled: Watermark | None = None
         self._blocked = False
+        self._transient_in_a_row = 0
+        self._failures_logged = 0
+
+    @property
+    def blocked(self) -> bool:
+        """Whether a record failed transiently, so the watermark stays before it."""
+        return self._blocked
+
+    @property
+    def charles_unavailable(self) -> bool:
+        """Whether so many upserts in a row failed transiently that Charles is likely down."""
+        return self._transient_in_a_row >= UNAVAILABLE_AFTER
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -97,7 +115,11 @@ class Progress:
             except RecordError as exc:
                 if exc.retryable:
                     self._report.failed_by_reason[exc.reason] += 1
-                    log.warning("charles.upsert_failed", record_id=exc.record_id, reason=exc.reason, error=str(exc))
+                    self._transient_in_a_row += 1
+                    # During an outage every record fails alike; a few lines tell the story.
+                    if self._failures_logged < FAILURES_LOGGED_PER_CYCLE:
+                        self._failures_logged += 1
+                        log.warning("charles.upsert_failed", record_id=exc.record_id, reason=exc.reason, error=str(exc))
                     return False
                 self._report.set_aside_by_reason[exc.reason] += 1
                 log.warning("charles.upsert_rejected", record_id=exc.record_id, reason=exc.reason, error=str(exc))
@@ -108,6 +130,7 @@ class Progress:
                 log.error("sync.push_crashed", record_id=decision.record_id, error_type=exc.__class__.__name__, exc_info=exc)
                 return False
             self._report.pushed += 1
+            self._transient_in_a_row = 0
             if decision.kind == "deleted":
                 self._report.deleted += 1
         self._store_outcome(decision)

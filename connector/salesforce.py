@@ -162,8 +162,10 @@ class SalesforceSource:
             auth = (settings.salesforce_client_id, settings.salesforce_client_secret.get_secret_value())
         try:
             response = self._session.post(url, data=self._token_request(), auth=auth)
+        except requests.exceptions.SSLError:
+            raise ConfigurationError(_TLS_HINT.format(what=f"login at {url}")) from None
         except requests.RequestException as exc:
-            raise TransientError(f"Salesforce login at {url} failed: {exc.__class__.__name__}") from None
+            raise TransientError(f"Salesforce login at {url} failed: {exc.__class__.__name__}: {_cause(exc)}") from None
         if response.status_code >= 500:
             raise TransientError(f"Salesforce login at {url} failed with HTTP {response.status_code}")
         body = _json_or_empty(response)
@@ -383,6 +385,22 @@ def _check_identifier(name: str) -> None:
         raise ConfigurationError(f"object {name!r} is not a Salesforce object API name; fix the field map's object key")
 
 
+_TLS_HINT = (
+    "Salesforce {what} failed: the server's TLS certificate could not be verified; if a "
+    "TLS-inspecting proxy or a local emulator sits in between, set SFCHARLES_SALESFORCE_CA_FILE "
+    "to the CA bundle that signed it"
+)
+
+
+def _cause(exc: Exception) -> str:
+    """The innermost reason of a requests error, such as "Connection refused"."""
+    inner: BaseException = exc
+    while inner.__context__ is not None and inner.__context__ is not inner:
+        inner = inner.__context__
+    text = str(inner).split(": ")[-1]
+    return text[:200]
+
+
 class _SessionExpired(Exception):
     pass
 
@@ -433,6 +451,8 @@ def _translate(call: Callable[[], _T], what: str) -> _T:
         if exc.status >= 500:
             raise TransientError(f"Salesforce {what} failed with HTTP {exc.status}") from None
         raise FatalError(f"Salesforce {what} failed with HTTP {exc.status}: {_error_code(exc)}") from None
+    except requests.exceptions.SSLError:
+        raise ConfigurationError(_TLS_HINT.format(what=what)) from None
     except requests.Timeout:
         raise TransientError(f"Salesforce {what} timed out") from None
     except requests.RequestException as exc:

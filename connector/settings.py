@@ -124,6 +124,18 @@ class Settings(BaseModel):
             raise ValueError(f"{value!r} is not an http(s) URL, e.g. https://<tenant>.hello-charles.com")
         return value.rstrip("/")
 
+    @field_validator("salesforce_client_secret", "salesforce_private_key", "charles_api_key")
+    @classmethod
+    def _secret_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("is empty; give the secret itself, or a *_FILE path to a file that contains it")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_upper_case(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
     @field_validator("default_region")
     @classmethod
     def _known_region(cls, value: str | None) -> str | None:
@@ -319,7 +331,7 @@ def _describe_errors(exc: ValidationError, sources: dict[str, str]) -> list[str]
             problems.append(f"{where}: missing; {hint}")
             continue
         message = re.sub(r"^Value error, ", "", error["msg"])
-        if field in SECRET_FIELDS:
+        if field in SECRET_FIELDS and error["type"] != "value_error":
             message = "invalid value"  # Pydantic messages may quote the input; a secret must not be echoed.
         problems.append(f"{where}: {message}")
     return problems

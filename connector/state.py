@@ -245,6 +245,12 @@ class StateStore:
                 for target in range(version + 1, SCHEMA_VERSION + 1):
                     MIGRATIONS[target](conn)
                     conn.execute(schema_info.update().where(schema_info.c.key == "schema_version").values(value=str(target)))
+        except sa.exc.OperationalError as exc:
+            # The database cannot be reached or opened: a wrong path, host or credentials.
+            raise ConfigurationError(
+                f"SFCHARLES_STATE_URL: cannot open the state store {self.describe()}: {exc.orig}; "
+                "check that the path or server exists and is writable"
+            ) from None
         except SQLAlchemyError as exc:
             raise FatalError(f"state store {self.describe()}: cannot open or migrate it: {exc.__class__.__name__}: {exc}") from exc
 

@@ -24,13 +24,18 @@ from connector.errors import ConfigurationError, ConnectorError, FatalError
 from connector.field_map import FieldMap, Mapped
 from connector.logs import get_logger
 from connector.outcomes import CycleReport, Decision, Mode, decide, mask_key
-from connector.progress import Entry, Progress
+from connector.progress import UNAVAILABLE_AFTER, Entry, Progress
 from connector.salesforce import Page, SalesforceSource, record_position
 from connector.salesforce_bulk import BulkCountMismatch, BulkReader
 from connector.settings import Settings
 from connector.state import StateStore
 
 log = get_logger("connector.sync")
+
+
+class CharlesUnavailable(FatalError):
+    """Charles failed so many upserts in a row that the cycle stops early."""
+
 
 # A failed cycle is logged as a warning; from this many failures in a row, as an error.
 FAILURES_BEFORE_ERROR = 3
@@ -150,6 +155,7 @@ class Syncer:
             log.debug("sync.window_empty", start=str(start), end=format_iso(end))
             if backfill is not None:
                 backfill.clear()
+            report.caught_up = True
             return
 
         # Records set aside in earlier cycles go first, by Id.
@@ -177,6 +183,11 @@ class Syncer:
                     if decision.merged_into:
                         merge_winners.add(decision.merged_into)
                     progress.collect(block=len(progress) > 2 * self.settings.salesforce_page_size)
+                    if progress.charles_unavailable:
+                        raise CharlesUnavailable(
+                            f"Charles at {self.settings.charles_base_url} failed {UNAVAILABLE_AFTER} upserts in a row "
+                            "after all retries; the cycle stops, and the next one resumes from the watermark"
+                        )
                 self._checkpoint(report, progress, since, backfill=backfill, hold_watermark=bulk)
                 if on_page is not None:
                     on_page(report.fetched, total if total is not None else page.total_size)
@@ -206,6 +217,8 @@ class Syncer:
             backfill.clear()
         if merge_winners and report.status != "interrupted":
             self._resend(report, sorted(merge_winners - pushed_ids), reason="merge_winner")
+        # Everything up to the window's end is handled: an idle org is not "behind".
+        report.caught_up = report.status == "succeeded" and not progress.blocked
 
     def _open_changes(
         self, report: CycleReport, fields: list[str], start: Watermark | None, end: datetime, conditions: tuple[str, ...]

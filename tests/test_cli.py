@@ -138,7 +138,7 @@ def test_status_json_after_cycle(env, charles) -> None:
     assert info["watermark"] is not None
     assert info["watermark_lag_s"] is not None and info["watermark_lag_s"] >= 0
     assert info["last_success_at"] is not None
-    used, limit = info["salesforce_api"]
+    used, limit = info["salesforce_api"]["used"], info["salesforce_api"]["limit"]
     assert 0 < used < limit
     [cycle] = info["recent_cycles"]
     assert cycle["fetched"] == 162
@@ -155,3 +155,20 @@ def test_status_table_readable(env) -> None:
     assert result.returncode == 0, result.stderr
     assert "watermark lag:" in result.stdout
     assert "dead letters:      0" in result.stdout
+
+
+def test_unopenable_state_store_exits_2(env, tmp_path) -> None:
+    settings = {**env, "SFCHARLES_STATE_URL": f"sqlite:///{tmp_path / 'missing-dir' / 'state.db'}"}
+
+    for command in (["status"], ["state", "show"], ["dead-letters", "list"], ["sync"]):
+        result = run_cli(command, settings)
+        assert result.returncode == 2, (command, result.stderr)
+        assert "SFCHARLES_STATE_URL" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_rewind_into_future_rejected(env) -> None:
+    result = run_cli(["state", "rewind", "--to", "2999-01-01T00:00:00Z"], env)
+
+    assert result.returncode == 2
+    assert "in the future" in result.stderr

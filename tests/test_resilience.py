@@ -329,3 +329,43 @@ def test_dead_letter_discard(charles, salesforce, env) -> None:
     assert json.loads(run_cli(["dead-letters", "list", "--json"], env).stdout) == []
     assert again.returncode == 1
     assert "no dead letter" in again.stderr
+
+
+def test_charles_outage_fails_cycle_early(salesforce, charles, make_app, logs) -> None:
+    app = make_app(charles_base_url="http://127.0.0.1:1", charles_max_attempts="2")
+
+    first = app.syncer().run_cycle()
+    second = app.syncer().run_cycle()
+    third = app.syncer().run_cycle()
+
+    assert first.status == "failed"
+    assert first.error_type == "CharlesUnavailable"
+    assert first.watermark_after is None
+    assert third.consecutive_failures == 3
+    levels = [line["level"] for line in logs.events("sync.cycle_completed")]
+    assert levels == ["warning", "warning", "error"]
+    assert len(logs.events("charles.upsert_failed")) <= 3 * 10
+    assert not [line for line in logs.lines if line["event"] == "stamina.retry_scheduled"]
+    assert second.status == "failed"
+
+
+def test_missing_ca_is_configuration_error(salesforce, charles, env) -> None:
+    from connector.app import App
+
+    settings = settings_from({k: v for k, v in env.items() if k != "SFCHARLES_SALESFORCE_CA_FILE"})
+    app = App.build(settings)
+    try:
+        with pytest.raises(ConfigurationError, match="SFCHARLES_SALESFORCE_CA_FILE"):
+            app.source.login()
+    finally:
+        app.close()
+
+
+def test_idle_cycle_has_no_lag(salesforce, charles, make_app) -> None:
+    syncer = make_app().syncer()
+    syncer.run_cycle()
+    salesforce.advance(3600)
+
+    idle = syncer.run_cycle()
+
+    assert idle.watermark_lag_s() == 0.0

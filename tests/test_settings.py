@@ -120,3 +120,15 @@ def test_config_file_unknown_key_named(tmp_path: Path) -> None:
     config.write_text("[charles]\nmax_inflight = 4\n")
     message = problems_of({**BASE, "SFCHARLES_CONFIG_FILE": str(config)})
     assert "unknown key 'charles.max_inflight'" in message
+
+
+def test_empty_secret_rejected_by_name(tmp_path: Path) -> None:
+    empty = tmp_path / "key"
+    empty.write_text("\n")
+    environ = {key: value for key, value in BASE.items() if key != "SFCHARLES_CHARLES_API_KEY"}
+    message = problems_of({**environ, "SFCHARLES_CHARLES_API_KEY_FILE": str(empty)})
+    assert "SFCHARLES_CHARLES_API_KEY_FILE: is empty" in message
+
+
+def test_log_level_any_case() -> None:
+    assert load_settings({**BASE, "SFCHARLES_LOG_LEVEL": "debug"}).log_level == "DEBUG"

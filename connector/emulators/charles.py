@@ -22,7 +22,7 @@ lists every accepted body in arrival order.
 ``store=False`` (``--no-store``) keeps neither people, bodies nor request log entries, only
 counts (``request_count``, ``upsert_count`` and the counts of ``/_emulator/requests``), so a
 benchmark can send millions of upserts without the emulator's memory growing. Every
-upsert is then answered as a first one: a new person with a new ``id``.
+upsert then gets the response to a first upsert: a new person with a new ``id``.
 
 NOTE: the vendor documents only the success response. The error envelope, the status
 codes for each validation failure, the 422 for unknown fields and the rule that a phone

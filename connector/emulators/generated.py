@@ -5,8 +5,8 @@ Record ``i`` (``0 <= i < count``) is built from ``i`` alone each time a query re
 
 * ``Id`` is the emulator's Id for sequence number ``FIRST_NUMBER + i``, so Ids rise with ``i``;
 * ``SystemModstamp``, ``CreatedDate`` and ``LastModifiedDate`` are whole seconds, five
-  records per second, and the last record is stamped before ``end``; so records sort by
-  ``(SystemModstamp, Id)`` in index order and groups of five share a timestamp;
+  records per second, and the last record is stamped before ``end``. Records therefore
+  sort by ``(SystemModstamp, Id)`` in index order, and groups of five share a timestamp;
 * ``MobilePhone`` is a valid US number in national form, such as ``(415) 234-0001``, that
   no other generated record has. ``MailingCountry`` names the United States, so a
   connector can find the region of the number from the record;
