@@ -336,7 +336,14 @@ def dead_letters_list(as_json: bool) -> None:
 def dead_letters_retry(record_id: str | None) -> NoReturn:
     """Send set-aside records again now: RECORD_ID, or all of them."""
     ids = None if record_id is None else [record_id]
-    _with_app(lambda app: _exit_code(app.syncer().replay_dead_letters(ids)), stop_on_signals=True, exclusive=True)
+
+    def action(app: Any) -> int:
+        if ids is not None and ids[0] not in {letter.record_id for letter in app.store.dead_letters(app.settings.pipeline)}:
+            click.echo(f"sfcharles: no dead letter for record {record_id!r}; see `sfcharles dead-letters list`", err=True)
+            return EXIT_FAILED
+        return _exit_code(app.syncer().replay_dead_letters(ids))
+
+    _with_app(action, stop_on_signals=True, exclusive=True)
 
 
 @dead_letters.command("discard")

@@ -23,7 +23,8 @@ from structlog.tracebacks import ExceptionDictTransformer
 
 REDACTED = "[REDACTED]"
 _SECRET_KEY_PARTS = ("password", "secret", "token", "api_key", "apikey", "private_key", "authorization", "assertion")
-_NOISY_LIBRARIES = ("httpx", "httpcore", "urllib3", "requests", "simple_salesforce", "apscheduler.scheduler")
+# APScheduler logs every run of the job at INFO; the cycle's own lines say more.
+_NOISY_LIBRARIES = ("httpx", "httpcore", "urllib3", "requests", "simple_salesforce", "apscheduler.scheduler", "apscheduler.executors")
 
 _secret_values: set[str] = set()
 _secret_lock = threading.Lock()
