@@ -3,7 +3,7 @@
 Every server runs on 127.0.0.1 and is stopped before the command exits. Results go to
 ``bench/results/results.md`` and ``results.json`` unless ``--out`` names another folder.
 The exit code is 0 when every benchmark ran, whether or not it met its target, and 1
-when one could not run; its row then says why.
+when one could not run, whose row then gives the error.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -67,7 +68,13 @@ def _profile(arguments: argparse.Namespace) -> Profile:
     return with_runs(QUICK if arguments.quick else FULL, arguments.runs)
 
 
+def _exit_on_sigterm(signal_number: int, _frame: object) -> None:
+    # SystemExit unwinds the stack, so every emulator and connector process is stopped on the way out.
+    raise SystemExit(128 + signal_number)
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     arguments = _arguments(argv)
     profile = _profile(arguments)
     started = dt.datetime.now(dt.timezone.utc)

@@ -35,7 +35,9 @@ def _backfill(sf: processes.Salesforce, ch: processes.Charles, state_db: Path, c
     run = processes.run_connector(["backfill"], env, timeout_s=300 + contacts * 0.01)
     summary = run.summary()
     if summary["status"] != "succeeded" or summary["fetched"] != contacts:
-        raise processes.BenchError(f"the backfill read {summary['fetched']} of {contacts} contacts, status {summary['status']}")
+        raise processes.BenchError(
+            f"the backfill read {summary['fetched']} of {contacts} contacts, status {summary['status']}, error {summary.get('error')}"
+        )
     return run, summary
 
 
@@ -54,6 +56,7 @@ def run(profile: Profile, workdir: Path) -> list[Result]:
     small, large = profile.memory_small, profile.memory_large
     small_rss: list[float] = []
     large_rss: list[float] = []
+    large_bulk: list[bool] = []
     first_s: list[float] = []
     second_s: list[float] = []
     second_requests: list[int] = []
@@ -91,6 +94,7 @@ def run(profile: Profile, workdir: Path) -> list[Result]:
                 ch.reset(0.0)
                 first, _ = _backfill(sf, ch, workdir / f"backfill-large-{number}.db", large)
                 large_rss.append(first.peak_rss_mb)
+                large_bulk.append(any(line.get("event") == "sync.bulk_selected" for line in first.lines))
             large_commands = [processes.display(sf.command, processes.placeholders(sf, ch))]
         charles_command = processes.display(ch.command, names)
         raw_shown = processes.display(raw_command, names)
@@ -105,13 +109,21 @@ def run(profile: Profile, workdir: Path) -> list[Result]:
     memory = Result(
         key="memory",
         title="Memory",
-        workload=f"backfill of {large:,} generated contacts, compared with {small:,}",
+        workload=(
+            f"backfill of {large:,} generated contacts ({'Bulk API 2.0' if all(large_bulk) else 'REST queries'}, "
+            f"the default for that size), compared with {small:,}; {profile.large_runs} run{'s' if profile.large_runs != 1 else ''} of the large one"
+        ),
         figure=f"peak RSS {peak_large:.0f} MB for {large:,}, {peak_small:.0f} MB for {small:,} ({growth:+.0%})",
         target=f"≤ {TARGET_PEAK_MB} MB and within {TARGET_GROWTH:.0%} of the {small:,} run",
         met=peak_large <= TARGET_PEAK_MB and growth <= TARGET_GROWTH,
         emulator=emulator,
         commands=[*small_commands, *large_commands, charles_command, backfill_command],
-        values={"peak_rss_mb_small": small_rss, "peak_rss_mb_large": large_rss, "large_runs": profile.large_runs},
+        values={
+            "peak_rss_mb_small": small_rss,
+            "peak_rss_mb_large": large_rss,
+            "large_runs": profile.large_runs,
+            "large_read_through_bulk_api": large_bulk,
+        },
     )
     resync = Result(
         key="unchanged_resync",

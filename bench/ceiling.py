@@ -68,7 +68,7 @@ def charles(url: str, api_key: str, requests: int, concurrency: int) -> dict[str
         thread.join()
     elapsed = time.monotonic() - started
     if failures:
-        raise SystemExit(f"the Charles emulator answered {failures[0]}")
+        raise SystemExit(f"the Charles emulator responded with {failures[0]}")
     return {"requests": requests, "concurrency": concurrency, "seconds": elapsed, "per_second": requests / elapsed}
 
 

@@ -110,10 +110,10 @@ def display(command: list[str], replacements: dict[str, str] | None = None) -> s
     The program is named instead of this Python's path, and each key of ``replacements``
     (a URL with its random port, a temporary folder) is replaced by its placeholder.
     """
-    shown = ["python" if part == sys.executable else part for part in command]
-    if shown and shown[0].endswith("/sfcharles"):
-        shown[0] = "sfcharles"
-    text = shlex.join(shown)
+    words = ["python" if part == sys.executable else part for part in command]
+    if words and words[0].endswith("/sfcharles"):
+        words[0] = "sfcharles"
+    text = shlex.join(words)
     for value, placeholder in (replacements or {}).items():
         text = text.replace(value, placeholder)
     return text

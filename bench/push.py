@@ -39,7 +39,9 @@ def run(profile: Profile, workdir: Path) -> list[Result]:
             connector = processes.run_connector(["backfill"], env, timeout_s=120 + contacts * 0.02)
             summary = connector.summary()
             if summary["status"] != "succeeded" or summary["pushed"] != contacts:
-                raise processes.BenchError(f"the backfill pushed {summary['pushed']} of {contacts} contacts, status {summary['status']}")
+                raise processes.BenchError(
+                    f"the backfill pushed {summary['pushed']} of {contacts} contacts, status {summary['status']}, error {summary.get('error')}"
+                )
             if ch.counts()["count"] != contacts:
                 raise processes.BenchError(f"Charles received {ch.counts()['count']} requests for {contacts} contacts")
             connector_rates.append(summary["pushed"] / summary["duration_s"])

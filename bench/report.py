@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ class Result:
     """One row of the results table.
 
     ``met`` is None for a row without a target (the baseline) and for a benchmark that
-    could not run, whose ``error`` says why. ``values`` holds the raw measurements.
+    could not run, whose ``error`` gives the reason. ``values`` holds the raw measurements.
     """
 
     key: str
@@ -48,18 +49,31 @@ def median(values: list[float]) -> float:
 
 
 def machine() -> dict[str, Any]:
-    """Describe the machine: cores, memory, Python version and the load when the run started."""
+    """Describe the machine: cores, memory, Python version and platform."""
     memory_kib = 0
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemTotal:"):
             memory_kib = int(line.split()[1])
     return {
+        "code": _code_version(),
         "cores": os.cpu_count(),
         "memory_gib": round(memory_kib / 1024 / 1024, 1),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "load_average_1m": round(os.getloadavg()[0], 2),
     }
+
+
+def _code_version() -> str:
+    """Return the commit of the code measured, marked when the work tree has uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if not commit:
+        return "unknown (not a git checkout)"
+    return f"{commit} with uncommitted changes" if dirty else commit
 
 
 def write(results: list[Result], out_dir: Path, *, profile: str, runs: int, started: dt.datetime, command: str) -> tuple[Path, Path]:
@@ -67,6 +81,7 @@ def write(results: list[Result], out_dir: Path, *, profile: str, runs: int, star
     out_dir.mkdir(parents=True, exist_ok=True)
     finished = dt.datetime.now(dt.timezone.utc)
     header = {
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
         "command": command,
         "profile": profile,
         "runs": runs,
@@ -87,9 +102,9 @@ def _markdown(results: list[Result], header: dict[str, Any]) -> str:
         "# Benchmark results",
         "",
         f"`{header['command']}`, profile `{header['profile']}`, {header['runs']} runs per figure unless the row says otherwise, "
-        f"started {header['started']}, took {header['duration_s']:.0f} s.",
+        f"started {header['started']}, took {header['duration_s']:.0f} s, code {machine_info['code']}.",
         f"Machine: {machine_info['cores']} cores, {machine_info['memory_gib']} GiB, Python {machine_info['python']}, "
-        f"{machine_info['platform']}; 1-minute load average at the start: {machine_info['load_average_1m']}.",
+        f"{machine_info['platform']}; 1-minute load average at the end: {header['load_average_1m_at_end']}.",
         "",
         "| Benchmark | Workload | Result | Target | Met | Emulator alone |",
         "|---|---|---|---|---|---|",

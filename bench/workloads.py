@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 @dataclass(frozen=True)
 class Profile:
-    """How big each benchmark is and how often it runs.
+    """Workload sizes of the benchmarks and the number of runs of each.
 
     ``runs`` repeats every benchmark except the large memory run, which runs
     ``large_runs`` times because it alone takes longer than the others together.
