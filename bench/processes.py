@@ -32,6 +32,7 @@ CHARLES_KEY = "bench-charles-key"
 # High enough that no benchmark run touches the org's daily API limit.
 DAILY_API_LIMIT = 100_000_000
 STOP_GRACE_S = 10.0
+PEAK_MEMORY_INTERVAL_S = 0.05
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -193,15 +194,49 @@ class ConnectorRun:
         return summaries[0]
 
 
+class _PeakMemory:
+    """Samples a process's peak resident set size since its exec: the VmHWM line of /proc/<pid>/status.
+
+    ``wait4``'s ``ru_maxrss`` is no use here, because Linux carries the resident size that the
+    forked child had before exec, the harness's own, into it. VmHWM belongs to the new
+    program's memory alone. Growth in the last sampling interval before exit is missed.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self._path = Path(f"/proc/{pid}/status")
+        self.peak_kib = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while True:
+            try:
+                for line in self._path.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+            except (OSError, ValueError):
+                pass  # the process has exited, or /proc showed a half-written line
+            if self._done.wait(PEAK_MEMORY_INTERVAL_S):
+                return
+
+    def stop(self) -> float:
+        """Stop sampling and return the peak in MiB."""
+        self._done.set()
+        self._thread.join()
+        return self.peak_kib / 1024
+
+
 def run_connector(args: list[str], env: dict[str, str], *, timeout_s: float) -> ConnectorRun:
     """Run the ``sfcharles`` CLI to completion; measure wall time, CPU time and peak resident memory.
 
-    The peak resident set size comes from ``wait4`` for this one process, so the emulators and
-    earlier runs do not count.
+    CPU time comes from ``wait4`` for this one process and peak memory from sampling its
+    VmHWM, so the emulators and earlier runs do not count.
     """
     command = [*sfcharles_command(), *args]
     started = time.monotonic()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    memory = _PeakMemory(process.pid)
     timer = threading.Timer(timeout_s, process.kill)
     timer.start()
     try:
@@ -209,6 +244,7 @@ def run_connector(args: list[str], env: dict[str, str], *, timeout_s: float) -> 
         _, status, usage = os.wait4(process.pid, 0)
     finally:
         timer.cancel()
+        peak_mb = memory.stop()
     wall_s = time.monotonic() - started
     process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait again
     if process.returncode < 0:
@@ -219,7 +255,7 @@ def run_connector(args: list[str], env: dict[str, str], *, timeout_s: float) -> 
         lines=lines,
         stderr=stderr,
         wall_s=wall_s,
-        peak_rss_mb=usage.ru_maxrss / 1024,
+        peak_rss_mb=peak_mb,
         cpu_s=usage.ru_utime + usage.ru_stime,
     )
 

@@ -29,7 +29,7 @@ class Result:
     """One row of the results table.
 
     ``met`` is None for a row without a target (the baseline) and for a benchmark that
-    could not run, whose ``error`` gives the reason. ``values`` holds the raw measurements.
+    could not run, whose ``error`` gives the reason. ``values`` contains the raw measurements.
     """
 
     key: str
