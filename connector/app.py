@@ -11,7 +11,7 @@ from connector.field_map import FieldMap, load_field_map
 from connector.logs import get_logger, register_secrets
 from connector.salesforce import SalesforceSource
 from connector.settings import Settings
-from connector.state import StateStore
+from connector.state import StateStore, state_url_password
 from connector.sync import Syncer
 
 log = get_logger("connector.app")
@@ -28,16 +28,22 @@ class App:
     _checked: bool = False
     _syncer: Syncer | None = None
 
+    owns_store: bool = True
+
     @classmethod
-    def build(cls, settings: Settings) -> App:
-        register_secrets(
-            secret.get_secret_value()
-            for secret in (settings.charles_api_key, settings.salesforce_client_secret, settings.salesforce_private_key)
-            if secret is not None
-        )
+    def build(cls, settings: Settings, *, store: StateStore | None = None) -> App:
+        """Build the pipeline's parts; with ``store``, share that state store instead of opening one."""
+        register_settings_secrets(settings)
         field_map = load_field_map(settings.field_map, default_region=settings.default_region, tags_field=settings.tags_field)
-        store = StateStore(settings.state_url)
-        return cls(settings, field_map, store, SalesforceSource(settings), CharlesSink(settings))
+        own = store is None
+        app = cls(settings, field_map, store or StateStore(settings.state_url), SalesforceSource(settings), CharlesSink(settings))
+        app.owns_store = own
+        return app
+
+    def renew_sink(self) -> None:
+        """Replace a sink that was aborted with a new one."""
+        self.sink.close(wait=False)
+        self.sink = CharlesSink(self.settings)
 
     def check_field_map(self) -> list[str]:
         """Validate the field map against the org's describe; return the problems found."""
@@ -60,4 +66,18 @@ class App:
     def close(self) -> None:
         self.sink.close()
         self.source.close()
-        self.store.close()
+        if self.owns_store:
+            self.store.close()
+
+
+def register_settings_secrets(settings: Settings) -> None:
+    """Tell the log redaction about every secret in ``settings``, the state store's password included."""
+    secrets = [
+        secret.get_secret_value()
+        for secret in (settings.charles_api_key, settings.salesforce_client_secret, settings.salesforce_private_key)
+        if secret is not None
+    ]
+    password = state_url_password(settings.state_url)
+    if password:
+        secrets.append(password)
+    register_secrets(secrets)

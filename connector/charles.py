@@ -22,7 +22,7 @@ import httpx
 import stamina
 
 from connector import __version__
-from connector.errors import ConfigurationError, RecordError, TransientError
+from connector.errors import ConfigurationError, LeadershipLost, RecordError, TransientError
 from connector.logs import get_logger
 from connector.settings import Settings
 
@@ -170,6 +170,10 @@ class CharlesSink:
         self._executor = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="charles-push")
         self.requests_sent = 0
         self._count_lock = threading.Lock()
+        # Called before every request; raises LeadershipLost when this process may no
+        # longer push for its pipeline (replicas on PostgreSQL, see connector.leader).
+        self.guard: Callable[[], None] | None = None
+        self._aborted = False
 
     def begin_cycle(self) -> None:
         """Forget an authentication failure of an earlier cycle, so a new cycle tries again."""
@@ -182,10 +186,17 @@ class CharlesSink:
         """
         if self._rejected_key is not None:
             raise self._rejected_key
+        if self._aborted:
+            raise LeadershipLost("pushing was aborted: this process no longer leads the pipeline")
         self._slots.acquire()
         context = contextvars.copy_context()  # so worker log lines carry the cycle's bound context
         try:
             future = self._executor.submit(context.run, self.upsert, record_id, payload)
+        except RuntimeError:
+            self._slots.release()
+            if self._aborted:  # abort() shut the executor down after the check above
+                raise LeadershipLost("pushing was aborted: this process no longer leads the pipeline") from None
+            raise
         except BaseException:
             self._slots.release()
             raise
@@ -222,9 +233,15 @@ class CharlesSink:
 
     def _send_once(self, record_id: str, payload: dict[str, Any], attempt: int) -> PushResult:
         self._rate.acquire()
+        self._check_guard(record_id)
         with self._count_lock:
             self.requests_sent += 1
-        response = self._client.put(CONTACTS_PATH, json=payload)
+        try:
+            response = self._client.put(CONTACTS_PATH, json=payload)
+        except RuntimeError:
+            if self._aborted:  # the client was closed under this request by abort()
+                raise RecordError(f"upsert of record {record_id} cut: pushing was aborted", record_id=record_id, reason="aborted", retryable=True) from None
+            raise
         action = action_for(response.status_code)
         if action is Action.RETRY:
             log.debug("charles.upsert_retrying", record_id=record_id, status=response.status_code, attempt=attempt)
@@ -258,6 +275,27 @@ class CharlesSink:
         )
         log.debug("charles.upserted", record_id=record_id, person_id=result.person_id, request_id=result.request_id, attempts=attempt)
         return result
+
+    def _check_guard(self, record_id: str) -> None:
+        if self._aborted:
+            raise RecordError(f"upsert of record {record_id} not sent: pushing was aborted", record_id=record_id, reason="aborted", retryable=True)
+        if self.guard is None:
+            return
+        try:
+            self.guard()
+        except LeadershipLost as exc:
+            raise RecordError(
+                f"upsert of record {record_id} not sent: {exc}", record_id=record_id, reason="leadership_lost", retryable=True
+            ) from None
+
+    def abort(self) -> None:
+        """Send nothing more and cut the requests in flight; the sink cannot be used again.
+
+        Records whose upserts are cut are not checkpointed, so the pipeline's next run sends them.
+        """
+        self._aborted = True
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._client.close()
 
     def close(self, *, wait: bool = True) -> None:
         self._executor.shutdown(wait=wait, cancel_futures=not wait)

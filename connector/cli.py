@@ -5,7 +5,7 @@ Exit codes:
   1  the cycle failed (Salesforce, Charles or the state store); the watermark did not move past unfinished work
   2  invalid configuration, credentials or field map; nothing was synced
   3  the cycle finished but some records failed; they are sent again next cycle
-  4  another sfcharles process is using the same state store
+  4  another sfcharles process is using the same state store, or leads the chosen pipeline
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import contextlib
 import json
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -24,7 +25,7 @@ from connector import __version__
 from connector.cursor import Watermark, parse_salesforce_datetime
 from connector.errors import ConfigurationError, ConnectorError
 from connector.logs import configure_logging, get_logger
-from connector.settings import Settings, load_settings
+from connector.settings import Settings, load_pipelines, load_settings
 from connector.state import StateLocked
 from connector.sync import CycleReport
 
@@ -43,14 +44,35 @@ def _fail_configuration(exc: ConfigurationError) -> NoReturn:
     sys.exit(EXIT_CONFIG)
 
 
+def _chosen_pipeline() -> str | None:
+    context = click.get_current_context(silent=True)
+    return None if context is None else context.find_root().params.get("pipeline")
+
+
 def _settings() -> Settings:
+    """The chosen pipeline's settings (--pipeline), or the only pipeline's."""
     try:
-        settings = load_settings()
+        settings = load_settings(pipeline=_chosen_pipeline())
     except ConfigurationError as exc:
         configure_logging()
         _fail_configuration(exc)
     configure_logging(settings.log_level, settings.log_format, settings.log_event_key)
     return settings
+
+
+def _all_settings() -> list[Settings]:
+    """Every configured pipeline's settings, or only the one chosen with --pipeline."""
+    chosen = _chosen_pipeline()
+    if chosen is not None:
+        return [_settings()]
+    try:
+        pipelines = load_pipelines()
+    except ConfigurationError as exc:
+        configure_logging()
+        _fail_configuration(exc)
+    first = pipelines[0]
+    configure_logging(first.log_level, first.log_format, first.log_event_key)
+    return pipelines
 
 
 def _open_store(settings: Settings) -> Any:
@@ -89,7 +111,7 @@ def _with_app(action: Callable[[Any], int], *, stop_on_signals: bool = False, ex
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
     try:
-        with app.store.exclusive() if exclusive else contextlib.nullcontext():
+        with _leading(app) if exclusive else contextlib.nullcontext():
             code = action(app)
     except StateLocked as exc:
         log.error("state.locked", error=str(exc))
@@ -103,6 +125,61 @@ def _with_app(action: Callable[[Any], int], *, stop_on_signals: bool = False, ex
     finally:
         app.close()
     sys.exit(code)
+
+
+@contextlib.contextmanager
+def _leading(app: Any) -> Any:
+    """Lead the app's pipeline for the duration, or raise StateLocked.
+
+    SQLite: the store's file lock. PostgreSQL: the pipeline's advisory lock, as a daemon
+    replica takes it, so a one-off command never runs beside the replica that leads it.
+    """
+    if app.store.dialect != "postgresql":
+        with app.store.exclusive():
+            yield
+        return
+    from connector.leader import PostgresCoordinator, holders
+
+    settings = app.settings
+    coordinator = PostgresCoordinator(
+        app.store, f"{settings.replica_id}-cli", heartbeat_s=settings.leader_heartbeat_s, lease_s=settings.leader_lease_s
+    )
+    coordinator.connect()
+    try:
+        grant = coordinator.try_acquire(settings.pipeline)
+        if grant is None:
+            holder = holders(app.store).get(settings.pipeline, "another process")
+            raise StateLocked(
+                f"pipeline {settings.pipeline} is being run by replica {holder}; "
+                "run this command when no replica leads it, or stop the replicas first"
+            )
+        if grant.wait_s:
+            log.info("leader.waiting", pipeline=settings.pipeline, wait_s=grant.wait_s, reason="the previous holder did not hand it back")
+            if app.stop_event.wait(grant.wait_s):
+                raise StateLocked(f"pipeline {settings.pipeline}: stopped while waiting to take it over")
+        app.store.set_fence(settings.pipeline, coordinator.fence(grant))
+        app.sink.guard = lambda: coordinator.check(grant)
+        # Lookups and pushes check that the lock is still held; keep it confirmed meanwhile.
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(settings.leader_heartbeat_s):
+                if not coordinator.heartbeat():
+                    app.stop_event.set()
+                    return
+
+        beater = threading.Thread(target=beat, name="leader-heartbeat", daemon=True)
+        beater.start()
+        try:
+            app.store.abandon_running_cycles(settings.pipeline)
+            yield
+        finally:
+            done.set()
+            beater.join()
+            app.store.set_fence(settings.pipeline, None)
+            coordinator.release(grant)
+    finally:
+        coordinator.close()
 
 
 def _exit_code(report: CycleReport) -> int:
@@ -120,45 +197,111 @@ def _parse_time(_ctx: click.Context, param: click.Parameter, value: str | None) 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sfcharles")
-def main() -> None:
+@click.option(
+    "--pipeline",
+    metavar="NAME",
+    help="The pipeline a command acts on, when the config file lists several. `run` and `status` take all by default.",
+)
+def main(pipeline: str | None) -> None:
     """Keep Charles contacts in step with Salesforce.
 
     Settings come from SFCHARLES_* environment variables (see README.md). Exit codes:
     0 success, 1 cycle failed, 2 invalid configuration, 3 some records failed,
-    4 another sfcharles process uses the same state store.
+    4 another sfcharles process uses the same state store or leads the pipeline.
     """
 
 
 @main.command()
 def run() -> NoReturn:
-    """Run the daemon: a cycle at start, then one every SFCHARLES_POLL_INTERVAL_S seconds."""
-    from connector.metrics import Metrics, serve_metrics
-    from connector.scheduler import Daemon
+    """Run the daemon: every pipeline it leads, a cycle at start and then one every poll interval.
 
-    def action(app: Any, metrics: Metrics | None) -> int:
+    With a PostgreSQL state store, several replicas divide the pipelines among themselves
+    and take over those of a replica that stops.
+    """
+    from connector.app import App
+    from connector.leader import LocalCoordinator, PostgresCoordinator
+    from connector.metrics import serve_metrics
+    from connector.scheduler import Daemon, PipelineRunner, Supervisor
+
+    pipelines = _all_settings()
+    process = pipelines[0]
+    store = _open_store(process)
+    stop_event = threading.Event()
+    apps: list[Any] = []
+    code = EXIT_FAILED
+    try:
+        replicated = store.dialect == "postgresql"
+        with contextlib.nullcontext() if replicated else store.exclusive():
+            for settings in pipelines:
+                apps.append(App.build(settings, store=store))
+            if not replicated:
+                _check_at_start(apps)
+            coordinator: Any
+            if replicated:
+                coordinator = PostgresCoordinator(
+                    store, process.replica_id, heartbeat_s=process.leader_heartbeat_s, lease_s=process.leader_lease_s
+                )
+                coordinator.connect()
+            else:
+                coordinator = LocalCoordinator(process.replica_id)
+            with serve_metrics(process, poll_interval_s=max(settings.poll_interval_s for settings in pipelines)) as metrics:
+                runners = [
+                    PipelineRunner(app.settings, app, Daemon(_cycle(app), app.settings, app.stop_event, usage_probe=_usage_probe(app), metrics=metrics))
+                    for app in apps
+                ]
+                supervisor = Supervisor(
+                    runners, coordinator, store, stop_event, settings=process, metrics=metrics,
+                    reconnect=coordinator.connect if replicated else None,
+                )
+                code = supervisor.run()
+    except StateLocked as exc:
+        log.error("state.locked", error=str(exc))
+        click.echo(f"sfcharles: {exc}", err=True)
+        code = EXIT_LOCKED
+    except ConfigurationError as exc:
+        _fail_configuration(exc)
+    except ConnectorError as exc:
+        log.error("cli.command_failed", error_type=exc.__class__.__name__, error=str(exc))
+        code = EXIT_FAILED
+    finally:
+        for app in apps:
+            app.close()
+        store.close()
+    sys.exit(code)
+
+
+def _check_at_start(apps: list[Any]) -> None:
+    """Check each field map against Salesforce before the first tick; a mismatch is a configuration error."""
+    import structlog
+
+    for app in apps:
+        with structlog.contextvars.bound_contextvars(pipeline=app.settings.pipeline):
+            try:
+                app.syncer()
+            except ConfigurationError:
+                raise
+            except ConnectorError as exc:
+                log.warning("daemon.startup_check_deferred", error_type=exc.__class__.__name__, error=str(exc))
+
+
+def _cycle(app: Any) -> Callable[[], CycleReport]:
+    def cycle() -> CycleReport:
         try:
-            app.syncer()  # validate the field map against Salesforce before the first tick
-        except ConfigurationError:
+            syncer = app.syncer()
+        except ConfigurationError as exc:
+            log.error("daemon.pipeline_check_failed", error=str(exc))
             raise
-        except ConnectorError as exc:
-            log.warning("daemon.startup_check_deferred", error_type=exc.__class__.__name__, error=str(exc))
+        return syncer.run_cycle("incremental")
 
-        def cycle() -> CycleReport:
-            return app.syncer().run_cycle("incremental")
+    return cycle
 
-        def usage_probe() -> Any:
-            app.source.server_time()  # one cheap call that returns the usage header
-            return app.source.api_usage
 
-        return Daemon(cycle, app.settings, app.stop_event, usage_probe=usage_probe, metrics=metrics).run()
+def _usage_probe(app: Any) -> Callable[[], Any]:
+    def probe() -> Any:
+        app.source.server_time()  # one cheap call that returns the usage header
+        return app.source.api_usage
 
-    def serve_metrics_and_run(app: Any) -> int:
-        # Health is served from before the start-up check, so a slow Salesforce at start
-        # does not fail liveness probes.
-        with serve_metrics(app.settings) as metrics:  # None unless SFCHARLES_METRICS_PORT is set
-            return action(app, metrics)
-
-    _with_app(serve_metrics_and_run, exclusive=True)
+    return probe
 
 
 @main.command()
@@ -242,21 +385,38 @@ def check() -> NoReturn:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--cycles", default=10, show_default=True, help="How many recent cycles to list.")
 def status(as_json: bool, cycles: int) -> None:
-    """Show the watermark and its lag, recent cycles, set-aside records and Salesforce API usage."""
-    from connector.state import StateStore
+    """Show each pipeline's watermark and lag, which replica runs it, recent cycles, set-aside records and API usage.
 
-    settings = _settings()
-    store = _open_store(settings)
+    With one pipeline, --json prints its object; with several, an object with a list of them.
+    """
+    from connector.leader import holders
+
+    pipelines = _all_settings()
+    store = _open_store(pipelines[0])
     try:
-        info = _status_info(store, settings.pipeline, cycles)
+        held = holders(store)
+        infos = []
+        for settings in pipelines:
+            info = _status_info(store, settings.pipeline, cycles)
+            info["held_by"] = held.get(settings.pipeline) if store.dialect == "postgresql" else "this host's sfcharles process, when it runs"
+            infos.append(info)
     finally:
         store.close()
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        document = infos[0] if len(infos) == 1 else {"state_store": infos[0]["state_store"], "pipelines": infos}
+        click.echo(json.dumps(document, indent=2))
         return
+    for number, info in enumerate(infos):
+        if number:
+            click.echo("")
+        _print_status(info)
+
+
+def _print_status(info: dict[str, Any]) -> None:
     usage = info["salesforce_api"]
     click.echo(f"pipeline:          {info['pipeline']}")
     click.echo(f"state store:       {info['state_store']}")
+    click.echo(f"run by:            {info['held_by'] or '(no replica: waiting for one to take it)'}")
     click.echo(f"watermark:         {info['watermark'] or '(none: the next cycle reads everything)'}")
     click.echo(f"watermark lag:     {_seconds(info['watermark_lag_s'])} behind Salesforce at the last cycle")
     click.echo(f"last success:      {info['last_success_at'] or '-'}")

@@ -49,3 +49,7 @@ class CursorOrderError(FatalError):
         super().__init__(message)
         self.previous = previous
         self.current = current
+
+
+class LeadershipLost(FatalError):
+    """This process no longer leads the pipeline; another replica may be running it."""

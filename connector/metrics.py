@@ -144,6 +144,12 @@ class Metrics:
             "sfcharles_poll_interval_seconds", "Seconds between the daemon's cycles (SFCHARLES_POLL_INTERVAL_S).", registry=self.registry
         )
         self.build_info = Gauge("sfcharles_build_info", "Always 1; the label carries the connector's version.", ["version"], registry=self.registry)
+        self.leading = Gauge(
+            "sfcharles_pipelines_leading",
+            "Pipelines this process runs now; with replicas on PostgreSQL, those it holds the lock of.",
+            registry=self.registry,
+        )
+        self._leading: int | None = None
 
         # Every label value exists from the start, so rate() and increase() see the first event.
         for outcome in RECORD_OUTCOMES:
@@ -187,6 +193,12 @@ class Metrics:
         with self._lock:
             self._last_heartbeat = now
 
+    def set_leading(self, pipelines: list[str]) -> None:
+        """Record the pipelines this process runs now. A replica that runs none is a ready standby."""
+        with self._lock:
+            self._leading = len(pipelines)
+        self.leading.set(len(pipelines))
+
     def stopping(self) -> None:
         """Record that the daemon is shutting down, so a slow shutdown is not reported as stalled."""
         with self._lock:
@@ -217,8 +229,10 @@ class Metrics:
         """Return whether the daemon is keeping up, with the details that ``/readyz`` shows."""
         now = self._clock()
         with self._lock:
-            last_success = self._last_success
+            last_success, leading = self._last_success, self._leading
         max_age_s = READY_MAX_INTERVALS * self.poll_interval_s
+        if leading == 0:
+            return True, {"status": "standby", "detail": "this replica runs no pipeline now; it takes one over when a replica stops"}
         details: dict[str, Any] = {
             "last_success": None if last_success is None else _iso(last_success),
             "last_success_age_s": None if last_success is None else round(now - last_success, 3),
@@ -338,15 +352,18 @@ def stop_metrics_server(server: MetricsServer | None) -> None:
 
 
 @contextmanager
-def serve_metrics(settings: Settings, *, clock: Callable[[], float] = time.time) -> Iterator[Metrics | None]:
+def serve_metrics(
+    settings: Settings, *, poll_interval_s: float | None = None, clock: Callable[[], float] = time.time
+) -> Iterator[Metrics | None]:
     """Serve metrics and health while the block runs, when SFCHARLES_METRICS_PORT is set.
 
     Yields the Metrics to observe cycles with, or None when the port is not set.
+    ``poll_interval_s`` overrides the settings' interval: the longest of several pipelines.
     """
     if settings.metrics_port is None:
         yield None
         return
-    metrics = Metrics(settings.poll_interval_s, clock=clock)
+    metrics = Metrics(poll_interval_s or settings.poll_interval_s, clock=clock)
     server = start_metrics_server(metrics, settings.metrics_host, settings.metrics_port)
     try:
         yield metrics

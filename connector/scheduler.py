@@ -1,8 +1,8 @@
 """The daemon: sync cycles on an interval with APScheduler 3.x, stopped cleanly by signals.
 
-The only module that imports apscheduler. One job runs the cycle; ``max_instances=1``
-keeps cycles from overlapping and ``coalesce=True`` turns a backlog of missed ticks into
-one run. SIGTERM and SIGINT set a stop event that the running cycle checks between
+The only module that imports apscheduler. One job per pipeline that this process leads
+runs its cycle; ``max_instances=1`` keeps a pipeline's cycles from overlapping and
+``coalesce=True`` turns a backlog of missed ticks into one run. SIGTERM and SIGINT set a stop event that the running cycle checks between
 records, so it finishes its in-flight upserts, commits the watermark, and the process
 exits 0.
 
@@ -17,15 +17,18 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import Literal
+from typing import Any, Literal
 
+import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from connector.errors import ConfigurationError, ConnectorError
+from connector.errors import ConfigurationError, ConnectorError, LeadershipLost
+from connector.leader import Coordinator, Grant, rendezvous_score
 from connector.logs import get_logger
 from connector.metrics import Metrics
 from connector.outcomes import CycleReport
@@ -184,50 +187,13 @@ class Daemon:
             exc_info=exc if with_traceback else None,
         )
 
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        log.info("daemon.stop_requested", signal=signal.Signals(signum).name)
-        self.stop_event.set()
-
-    def _watch_for_hung_cycle(self) -> None:
+    def exit_if_hung(self) -> None:
         """Exit the process if a cycle outlives its time limit by far: only a restart frees it."""
         limit = self._settings.cycle_timeout_s + self._settings.shutdown_grace_s + HUNG_CYCLE_GRACE_S
-        while not self.stop_event.wait(timeout=5.0):
-            started = self._cycle_started
-            if started is not None and self._clock() - started > limit:
-                log.error("daemon.cycle_hung", running_s=round(self._clock() - started, 1), exit_code=EXIT_HUNG)
-                os._exit(EXIT_HUNG)
-
-    def run(self) -> int:
-        """Block until SIGTERM or SIGINT; return the process exit code."""
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        scheduler = BackgroundScheduler(
-            timezone=UTC,
-            executors={"default": ThreadPoolExecutor(max_workers=1)},
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": max(1, int(self._interval_s))},
-        )
-        scheduler.add_job(
-            self.tick,
-            IntervalTrigger(seconds=self._interval_s, timezone=UTC),
-            id=JOB_ID,
-            next_run_time=datetime.now(UTC),  # the first cycle runs at start, not one interval later
-            replace_existing=True,
-        )
-        threading.Thread(target=self._watch_for_hung_cycle, name="cycle-watchdog", daemon=True).start()
-        log.info("daemon.started", interval_s=self._interval_s)
-        scheduler.start()
-        try:
-            while not self.stop_event.wait(timeout=1.0):
-                if self._metrics is not None and scheduler.running:
-                    self._metrics.heartbeat()
-        finally:
-            if self._metrics is not None:
-                self._metrics.stopping()
-            # Waits for the running cycle, which sees the stop event and winds down.
-            scheduler.shutdown(wait=True)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        log.info("daemon.stopped", consecutive_failures=self.consecutive_failures)
-        return 0
+        started = self._cycle_started
+        if started is not None and self._clock() - started > limit:
+            log.error("daemon.cycle_hung", running_s=round(self._clock() - started, 1), exit_code=EXIT_HUNG)
+            os._exit(EXIT_HUNG)
 
 
 def _usage_fields(usage: ApiUsage | None) -> dict[str, int | float | None]:
@@ -238,3 +204,222 @@ def _usage_fields(usage: ApiUsage | None) -> dict[str, int | float | None]:
         "salesforce_api_limit": usage.limit,
         "salesforce_api_share": round(usage.used / usage.limit, 4) if usage.limit else None,
     }
+
+
+RunnerState = Literal["idle", "held", "releasing", "stopping"]
+
+
+class PipelineRunner:
+    """One pipeline in a running daemon: its parts, its Daemon, and whether this process leads it."""
+
+    def __init__(self, settings: Settings, app: Any, daemon: Daemon) -> None:
+        self.name = settings.pipeline
+        self.settings = settings
+        self.app = app
+        self.daemon = daemon
+        self.state: RunnerState = "idle"
+        self.grant: Grant | None = None
+        self.running = False
+        self.aborted = False
+
+    @property
+    def job_id(self) -> str:
+        return f"{JOB_ID}:{self.name}"
+
+
+class Supervisor:
+    """Runs every configured pipeline that this process leads, each on its own interval.
+
+    The main thread is the election loop: every ``leader_heartbeat_s`` it confirms the
+    lock connection, counts the live replicas, hands back pipelines beyond its fair share
+    between their cycles, and takes free ones up to that share. Each pipeline it leads is
+    an APScheduler job that runs that pipeline's Daemon.tick. SIGTERM and SIGINT stop every
+    pipeline the way they stop the single daemon, and hand each back cleanly.
+    """
+
+    def __init__(
+        self,
+        runners: list[PipelineRunner],
+        coordinator: Coordinator,
+        store: Any,
+        stop_event: threading.Event,
+        *,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        reconnect: Callable[[], None] | None = None,
+    ) -> None:
+        self.runners = runners
+        self.coordinator = coordinator
+        self.store = store
+        self.stop_event = stop_event
+        self._settings = settings
+        self._metrics = metrics
+        self._reconnect = reconnect
+        self._loop_s = min(1.0, settings.leader_heartbeat_s) if reconnect is None else settings.leader_heartbeat_s
+        self._scheduler = BackgroundScheduler(
+            timezone=UTC,
+            executors={"default": ThreadPoolExecutor(max_workers=max(1, len(runners)))},
+            job_defaults={"coalesce": True, "max_instances": 1},
+        )
+
+    # Election
+
+    def elect(self) -> None:
+        """One round of the election loop."""
+        coordinator = self.coordinator
+        if not coordinator.heartbeat() or not coordinator.valid():
+            for runner in self.runners:
+                if runner.state in ("held", "releasing"):
+                    self._lose(runner)
+        for runner in self.runners:
+            if runner.state == "stopping" and not runner.running:
+                runner.state = "idle"
+                log.info("leader.stopped", pipeline=runner.name, replica=coordinator.replica_id)
+        if not coordinator.valid():
+            self._try_reconnect()
+            return
+        share = -(-len(self.runners) // coordinator.live_replicas())
+        held = [runner for runner in self.runners if runner.state == "held"]
+        for runner in sorted(held, key=self._score)[: max(0, len(held) - share)]:
+            runner.state = "releasing"
+            log.info("leader.releasing", pipeline=runner.name, replica=coordinator.replica_id, share=share)
+        for runner in self.runners:
+            if runner.state == "releasing" and not runner.running:
+                self._release(runner)
+        leading = sum(1 for runner in self.runners if runner.state in ("held", "releasing", "stopping"))
+        for runner in sorted(self.runners, key=self._score, reverse=True):
+            if leading >= share:
+                break
+            if runner.state != "idle":
+                continue
+            grant = coordinator.try_acquire(runner.name)
+            if grant is not None:
+                self._take(runner, grant)
+                leading += 1
+
+    def _score(self, runner: PipelineRunner) -> int:
+        return rendezvous_score(self.coordinator.replica_id, runner.name)
+
+    def _try_reconnect(self) -> None:
+        if self._reconnect is None or self.stop_event.is_set():
+            return
+        try:
+            self._reconnect()
+        except LeadershipLost as exc:
+            log.warning("leader.reconnect_failed", replica=self.coordinator.replica_id, error=str(exc))
+
+    def _take(self, runner: PipelineRunner, grant: Grant) -> None:
+        coordinator = self.coordinator
+        if runner.aborted:
+            runner.app.renew_sink()
+            runner.aborted = False
+        runner.grant = grant
+        runner.app.stop_event = threading.Event()
+        runner.daemon.stop_event = runner.app.stop_event
+        runner.app.sink.guard = lambda: coordinator.check(grant)
+        self.store.set_fence(runner.name, coordinator.fence(grant))
+        try:
+            abandoned = self.store.abandon_running_cycles(runner.name)
+        except ConnectorError as exc:
+            log.error("leader.take_failed", pipeline=runner.name, error_type=exc.__class__.__name__, error=str(exc))
+            self.store.set_fence(runner.name, None)
+            coordinator.release(grant)
+            runner.grant = None
+            return
+        runner.state = "held"
+        first = datetime.now(UTC) + timedelta(seconds=grant.wait_s)
+        self._scheduler.add_job(
+            self._tick,
+            IntervalTrigger(seconds=runner.settings.poll_interval_s, start_date=first, timezone=UTC),
+            args=[runner],
+            id=runner.job_id,
+            next_run_time=first,
+            misfire_grace_time=max(1, int(runner.settings.poll_interval_s)),
+            replace_existing=True,
+        )
+        log.info(
+            "leader.acquired", pipeline=runner.name, replica=coordinator.replica_id, epoch=grant.epoch,
+            first_cycle_in_s=grant.wait_s, abandoned_cycles=abandoned,
+        )
+
+    def _remove_job(self, runner: PipelineRunner) -> None:
+        try:
+            self._scheduler.remove_job(runner.job_id)
+        except JobLookupError:
+            pass
+
+    def _lose(self, runner: PipelineRunner) -> None:
+        """Stop a pipeline whose lock may be gone: nothing more is sent, and in-flight upserts are cut."""
+        self._remove_job(runner)
+        runner.app.stop_event.set()
+        runner.app.sink.abort()
+        runner.aborted = True
+        runner.state = "stopping"
+        runner.grant = None
+        log.error("leader.lost", pipeline=runner.name, replica=self.coordinator.replica_id, cycle_running=runner.running)
+
+    def _release(self, runner: PipelineRunner) -> None:
+        self._remove_job(runner)
+        if runner.grant is not None:
+            self.store.set_fence(runner.name, None)
+            self.coordinator.release(runner.grant)
+        runner.grant = None
+        runner.app.sink.guard = None
+        runner.state = "idle"
+        log.info("leader.released", pipeline=runner.name, replica=self.coordinator.replica_id)
+
+    # Cycles
+
+    def _tick(self, runner: PipelineRunner) -> None:
+        with structlog.contextvars.bound_contextvars(pipeline=runner.name):
+            if runner.state != "held" or self.stop_event.is_set():
+                return
+            runner.running = True
+            try:
+                runner.daemon.tick()
+            finally:
+                runner.running = False
+
+    def _watch_for_hung_cycles(self) -> None:
+        while not self.stop_event.wait(timeout=5.0):
+            for runner in self.runners:
+                runner.daemon.exit_if_hung()
+
+    # Lifetime
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("daemon.stop_requested", signal=signal.Signals(signum).name)
+        self.stop_event.set()
+        for runner in self.runners:
+            runner.app.stop_event.set()
+
+    def run(self) -> int:
+        """Block until SIGTERM or SIGINT; return the process exit code."""
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        threading.Thread(target=self._watch_for_hung_cycles, name="cycle-watchdog", daemon=True).start()
+        log.info(
+            "daemon.started", replica=self.coordinator.replica_id, pipelines=[runner.name for runner in self.runners],
+            interval_s=self._settings.poll_interval_s if len(self.runners) == 1 else None,
+        )
+        self._scheduler.start()
+        try:
+            while not self.stop_event.is_set():
+                self.elect()
+                if self._metrics is not None and self._scheduler.running:
+                    self._metrics.heartbeat()
+                    self._metrics.set_leading([runner.name for runner in self.runners if runner.state == "held"])
+                self.stop_event.wait(timeout=self._loop_s)
+        finally:
+            if self._metrics is not None:
+                self._metrics.stopping()
+            # Waits for the running cycles, which see their stop events and wind down.
+            self._scheduler.shutdown(wait=True)
+            for runner in self.runners:
+                if runner.state in ("held", "releasing"):
+                    self._release(runner)
+            self.coordinator.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        failures = {runner.name: runner.daemon.consecutive_failures for runner in self.runners}
+        log.info("daemon.stopped", consecutive_failures=max(failures.values(), default=0), by_pipeline=failures)
+        return 0

@@ -1,9 +1,14 @@
-"""Settings: one typed, validated object built once at start-up.
+"""Settings: one typed, validated object per pipeline, built once at start-up.
 
 Values come from environment variables with the ``SFCHARLES_`` prefix and, optionally, from
 a TOML or YAML file named by ``SFCHARLES_CONFIG_FILE``; the environment wins. Every secret
 may instead be read from a file named by ``<VARIABLE>_FILE`` (Docker and Kubernetes secret
 mounts). Every problem is reported at once, each with the variable or key that contains it.
+
+A config file may list several pipelines, each a table under ``pipelines``. Top-level
+values are the defaults of every pipeline; a pipeline's table overrides them, and
+``SFCHARLES_PIPELINES__<NAME>__<KEY>`` overrides the table. Without a ``pipelines`` table
+the top-level values make one pipeline, named by ``SFCHARLES_PIPELINE``.
 
 This module is the only place that reads the process environment.
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +34,17 @@ from connector.errors import ConfigurationError
 ENV_PREFIX = "SFCHARLES_"
 CONFIG_FILE_VARIABLE = f"{ENV_PREFIX}CONFIG_FILE"
 SECRET_FIELDS = frozenset({"salesforce_client_secret", "salesforce_private_key", "charles_api_key"})
+# Fields that may be read from a file named by <VARIABLE>_FILE: the secrets, and the state
+# store URL, which holds the database password.
+FILE_FIELDS = SECRET_FIELDS | {"state_url"}
+# One value per process: a pipeline's table cannot set these.
+PROCESS_FIELDS = frozenset({
+    "state_url", "replica_id", "leader_heartbeat_s", "leader_lease_s",
+    "log_level", "log_format", "log_event_key", "metrics_port", "metrics_host",
+})
+PIPELINES_KEY = "pipelines"
+PIPELINE_ENV_PREFIX = f"{ENV_PREFIX}PIPELINES__"
+_PIPELINE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 
 # Hints appended to "missing" errors: what the value is and what to set it to.
@@ -97,6 +114,12 @@ class Settings(BaseModel):
     # Daemon and state
     state_url: str = "sqlite:///sfcharles-state.db"
     pipeline: str = Field(default="contacts", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    # Replicas on PostgreSQL: each names itself, confirms its locks every heartbeat, and
+    # stops its pipelines when it has not confirmed them for a lease; a replica that takes
+    # over a pipeline from one that did not hand it back waits a lease before its first cycle.
+    replica_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
+    leader_heartbeat_s: float = Field(default=2.0, ge=0.1, le=60)
+    leader_lease_s: float = Field(default=10.0, ge=0.5, le=600)
     poll_interval_s: float = Field(default=60.0, ge=1, le=86400)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -181,6 +204,15 @@ class Settings(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _lease_outlasts_heartbeats(self) -> Settings:
+        if self.leader_lease_s < 2 * self.leader_heartbeat_s:
+            raise ValueError(
+                f"{variable_name('leader_lease_s')} ({self.leader_lease_s}) must be at least twice "
+                f"{variable_name('leader_heartbeat_s')} ({self.leader_heartbeat_s}), so that one late heartbeat does not stop a pipeline"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _auth_is_complete(self) -> Settings:
         auth = self.resolved_auth()
         if auth == "jwt":
@@ -203,8 +235,27 @@ def variable_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Build Settings from the environment and the optional config file.
+def load_settings(environ: Mapping[str, str] | None = None, pipeline: str | None = None) -> Settings:
+    """Build the Settings of one pipeline: ``pipeline``, or the only one configured.
+
+    Raises ConfigurationError listing every problem, one per line, and when several
+    pipelines are configured but none is chosen.
+    """
+    pipelines = load_pipelines(environ)
+    if pipeline is None:
+        if len(pipelines) == 1:
+            return pipelines[0]
+        names = ", ".join(settings.pipeline for settings in pipelines)
+        raise ConfigurationError(f"{len(pipelines)} pipelines are configured ({names}); choose one with --pipeline NAME")
+    for settings in pipelines:
+        if settings.pipeline == pipeline:
+            return settings
+    names = ", ".join(settings.pipeline for settings in pipelines)
+    raise ConfigurationError(f"--pipeline {pipeline!r}: no such pipeline; the configured ones are {names}")
+
+
+def load_pipelines(environ: Mapping[str, str] | None = None) -> list[Settings]:
+    """Build the Settings of every configured pipeline, in the order of the config file.
 
     Raises ConfigurationError listing every problem, one per line.
     """
@@ -212,10 +263,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     problems: list[str] = []
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    tables: dict[str, dict[str, Any]] = {}
+    table_sources: dict[str, dict[str, str]] = {}
 
     config_path = env.get(CONFIG_FILE_VARIABLE)
     if config_path:
-        for field, value in _read_config_file(Path(config_path), problems).items():
+        top, tables, table_sources = _read_config_file(Path(config_path), problems)
+        for field, value in top.items():
             values[field] = value
             sources[field] = f"{config_path}: key {field}"
 
@@ -227,13 +281,84 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         values[field] = value
         sources[field] = f"{variable_name(field)}_FILE"
 
-    try:
-        settings = Settings.model_validate(values)
-    except ValidationError as exc:
-        problems.extend(_describe_errors(exc, sources))
+    _read_pipeline_environment(env, tables, table_sources, problems)
+
+    results: list[Settings] = []
+    if not tables:
+        settings = _validate(values, sources, problems, prefix="")
+        if settings is not None:
+            results.append(settings)
+    else:
+        if "pipeline" in values:
+            problems.append(
+                f"{sources['pipeline']}: names the single pipeline, but the config file lists pipelines; "
+                "remove it, or use --pipeline NAME to choose one for a command"
+            )
+        for name, table in tables.items():
+            merged = {**values, **table, "pipeline": name}
+            merged_sources = {**sources, **table_sources[name]}
+            settings = _validate(merged, merged_sources, problems, prefix=f"pipeline {name}: ")
+            if settings is not None:
+                results.append(settings)
     if problems:
         raise ConfigurationError(_format_problems(problems))
-    return settings
+    return results
+
+
+def _validate(values: dict[str, Any], sources: dict[str, str], problems: list[str], *, prefix: str) -> Settings | None:
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        problems.extend(prefix + problem for problem in _describe_errors(exc, sources))
+        return None
+
+
+def _env_name(pipeline: str) -> str:
+    return pipeline.upper().replace("-", "_")
+
+
+def _read_pipeline_environment(
+    env: Mapping[str, str], tables: dict[str, dict[str, Any]], table_sources: dict[str, dict[str, str]], problems: list[str]
+) -> None:
+    """Apply SFCHARLES_PIPELINES__<NAME>__<KEY> variables to the pipelines of the config file."""
+    by_env_name: dict[str, str] = {}
+    for name in tables:
+        other = by_env_name.setdefault(_env_name(name), name)
+        if other != name:
+            problems.append(
+                f"pipelines {other!r} and {name!r} share the variable prefix {PIPELINE_ENV_PREFIX}{_env_name(name)}__; rename one"
+            )
+    known = set(Settings.model_fields)
+    for variable, value in env.items():
+        if not variable.startswith(PIPELINE_ENV_PREFIX):
+            continue
+        env_name, _, key = variable[len(PIPELINE_ENV_PREFIX):].partition("__")
+        name = by_env_name.get(env_name)
+        if name is None:
+            listed = ", ".join(tables) or "none"
+            problems.append(
+                f"{variable}: no pipeline of the config file matches {env_name!r} (pipelines: {listed}); "
+                "declare the pipeline under [pipelines.<name>] in the config file"
+            )
+            continue
+        field = key.lower()
+        secret_file = field.endswith("_file") and field[: -len("_file")] in FILE_FIELDS
+        target = field[: -len("_file")] if secret_file else field
+        if target not in known:
+            problems.append(f"{variable}: unknown key {key!r}; check its spelling against the configuration table in README.md")
+            continue
+        if target in PROCESS_FIELDS or target == "pipeline":
+            problems.append(f"{variable}: {variable_name(target)} is one value for the whole process; set it without the pipeline prefix")
+            continue
+        if value == "":
+            continue
+        if secret_file:
+            content = _read_file_value(variable, value, problems)
+            if content is None:
+                continue
+            value = content
+        tables[name][target] = value
+        table_sources[name][target] = variable
 
 
 def _read_environment(env: Mapping[str, str], problems: list[str]) -> dict[str, str]:
@@ -242,8 +367,10 @@ def _read_environment(env: Mapping[str, str], problems: list[str]) -> dict[str, 
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or name == CONFIG_FILE_VARIABLE:
             continue
+        if name.startswith(PIPELINE_ENV_PREFIX):
+            continue  # applied to its pipeline by _read_pipeline_environment
         field = name[len(ENV_PREFIX):].lower()
-        if field.endswith("_file") and field[: -len("_file")] in SECRET_FIELDS:
+        if field.endswith("_file") and field[: -len("_file")] in FILE_FIELDS:
             continue
         if field not in known:
             problems.append(f"{name}: unknown variable; check its spelling against the configuration table in README.md")
@@ -256,7 +383,7 @@ def _read_environment(env: Mapping[str, str], problems: list[str]) -> dict[str, 
 
 def _read_secret_files(env: Mapping[str, str], problems: list[str]) -> dict[str, str]:
     values: dict[str, str] = {}
-    for field in sorted(SECRET_FIELDS):
+    for field in sorted(FILE_FIELDS):
         file_variable = f"{variable_name(field)}_FILE"
         path = env.get(file_variable)
         if not path:
@@ -264,22 +391,32 @@ def _read_secret_files(env: Mapping[str, str], problems: list[str]) -> dict[str,
         if env.get(variable_name(field)):
             problems.append(f"{file_variable}: set together with {variable_name(field)}; set only one of them")
             continue
-        try:
-            content = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            problems.append(f"{file_variable}: cannot read {path!r} ({exc.strerror}); mount the secret file or fix the path")
-            continue
-        # Secret files usually end with a newline that is not part of the secret.
-        values[field] = content.rstrip("\r\n")
+        content = _read_file_value(file_variable, path, problems)
+        if content is not None:
+            values[field] = content
     return values
 
 
-def _read_config_file(path: Path, problems: list[str]) -> dict[str, Any]:
+def _read_file_value(where: str, path: str, problems: list[str]) -> str | None:
+    try:
+        content = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        problems.append(f"{where}: cannot read {path!r} ({exc.strerror}); mount the secret file or fix the path")
+        return None
+    # Secret files usually end with a newline that is not part of the secret.
+    return content.rstrip("\r\n")
+
+
+def _read_config_file(
+    path: Path, problems: list[str]
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, dict[str, str]]]:
+    """Return the file's top-level values, its pipeline tables, and where each table value came from."""
+    empty: tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, dict[str, str]]] = ({}, {}, {})
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         problems.append(f"{CONFIG_FILE_VARIABLE}: cannot read {str(path)!r} ({exc.strerror})")
-        return {}
+        return empty
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
@@ -287,36 +424,70 @@ def _read_config_file(path: Path, problems: list[str]) -> dict[str, Any]:
             data = yaml.safe_load(text) or {}
         else:
             problems.append(f"{CONFIG_FILE_VARIABLE}: {str(path)!r} must end in .toml, .yaml or .yml")
-            return {}
+            return empty
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         problems.append(f"{path}: not valid {path.suffix[1:].upper()}: {exc}")
-        return {}
+        return empty
     if not isinstance(data, dict):
         problems.append(f"{path}: the top level must be a table of settings")
-        return {}
+        return empty
 
+    declared = data.pop(PIPELINES_KEY, None)
+    top = _flatten_table(data, "", path, problems, in_pipeline=False)
+    tables: dict[str, dict[str, Any]] = {}
+    sources: dict[str, dict[str, str]] = {}
+    if declared is None:
+        return top, tables, sources
+    if not isinstance(declared, dict) or not declared:
+        problems.append(f"{path}: key {PIPELINES_KEY!r} must be a table with one table per pipeline, e.g. [pipelines.eu-contacts]")
+        return top, tables, sources
+    for name, table in declared.items():
+        where = f"{PIPELINES_KEY}.{name}"
+        if not isinstance(name, str) or not _PIPELINE_NAME.match(name):
+            problems.append(
+                f"{path}: pipeline name {name!r} is not valid; use up to 63 lowercase letters, digits, '-' or '_', "
+                "starting with a letter or digit"
+            )
+            continue
+        if not isinstance(table, dict):
+            problems.append(f"{path}: key {where!r} must be a table of that pipeline's settings")
+            continue
+        values = _flatten_table(table, f"{where}.", path, problems, in_pipeline=True)
+        tables[name] = values
+        sources[name] = {field: f"{path}: key {where}.{field}" for field in values}
+    return top, tables, sources
+
+
+def _flatten_table(data: dict[str, Any], prefix: str, path: Path, problems: list[str], *, in_pipeline: bool) -> dict[str, Any]:
     flat: dict[str, Any] = {}
-    known = set(Settings.model_fields)
     for key, value in data.items():
         # A section such as [charles] contains keys that are prefixed with its name.
         if isinstance(value, dict):
             for inner_key, inner_value in value.items():
                 field = f"{key}_{inner_key}".lower()
-                _add_file_value(flat, known, field, inner_value, f"{key}.{inner_key}", path, problems)
+                _add_file_value(flat, field, inner_value, f"{prefix}{key}.{inner_key}", path, problems, in_pipeline=in_pipeline)
         else:
-            _add_file_value(flat, known, key.lower(), value, key, path, problems)
+            _add_file_value(flat, str(key).lower(), value, f"{prefix}{key}", path, problems, in_pipeline=in_pipeline)
     return flat
 
 
 def _add_file_value(
-    flat: dict[str, Any], known: set[str], field: str, value: Any, key: str, path: Path, problems: list[str]
+    flat: dict[str, Any], field: str, value: Any, key: str, path: Path, problems: list[str], *, in_pipeline: bool
 ) -> None:
-    if field not in known:
+    known = set(Settings.model_fields)
+    if in_pipeline and field.endswith("_file") and field[: -len("_file")] in SECRET_FIELDS:
+        # A pipeline's secret is read from the file that this key names.
+        content = _read_file_value(f"{path}: key {key}", str(value), problems)
+        if content is not None:
+            flat[field[: -len("_file")]] = content
+    elif field not in known:
         problems.append(f"{path}: unknown key {key!r}; check its spelling against the configuration table in README.md")
     elif field in SECRET_FIELDS:
-        problems.append(
-            f"{path}: key {key!r} holds a secret; set {variable_name(field)} or {variable_name(field)}_FILE instead"
-        )
+        hint = f"{key}_file naming a file that contains it" if in_pipeline else f"{variable_name(field)} or {variable_name(field)}_FILE"
+        problems.append(f"{path}: key {key!r} holds a secret; set {hint} instead")
+    elif in_pipeline and (field in PROCESS_FIELDS or field == "pipeline"):
+        what = "the table's name is the pipeline's name" if field == "pipeline" else "it is one value for the whole process"
+        problems.append(f"{path}: key {key!r} cannot be set per pipeline: {what}; set it at the top level")
     else:
         flat[field] = value
 

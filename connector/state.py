@@ -1,15 +1,17 @@
 """State store: the watermark per pipeline and a history of cycles, in SQL.
 
 SQLAlchemy Core keeps the code the same for the embedded SQLite default and for
-PostgreSQL. Every write is one transaction, so a crash leaves either the old or the new
-state, never a mix.
+PostgreSQL (psycopg 3). Every write is one transaction, so a crash leaves either the old or
+the new state, never a mix. When replicas share a PostgreSQL store, each pipeline's writes
+are fenced: a write transaction first checks that this replica still leads the pipeline
+(``set_fence``), and fails with LeadershipLost when it does not.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,7 +25,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from connector.cursor import Watermark, ensure_forward, format_iso
 from connector.errors import ConfigurationError, ConnectorError, FatalError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+# Key of the transaction-level advisory lock that serialises migrations on PostgreSQL.
+MIGRATION_LOCK_KEY = 0x5FC0_0001
 
 metadata = sa.MetaData()
 
@@ -109,6 +113,18 @@ dead_letters = sa.Table(
     sa.Column("last_failed_at", sa.String(32), nullable=False),
 )
 
+# Per pipeline: who led it last, and the fencing epoch, raised by every new leader. A
+# write checks the epoch it was granted against this row; see connector.leader.
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("pipeline", sa.String(64), primary_key=True),
+    sa.Column("epoch", sa.BigInteger, nullable=False),
+    sa.Column("holder", sa.String(128), nullable=False),
+    sa.Column("acquired_at", sa.String(32), nullable=False),
+    sa.Column("released_at", sa.String(32)),  # set when the holder handed it back cleanly
+)
+
 _VERSION_1_TABLES = (schema_info, watermarks, cycles)
 
 
@@ -123,8 +139,16 @@ def _migrate_to_3(conn: sa.Connection) -> None:
         conn.execute(sa.text("ALTER TABLE cycles ADD COLUMN summary TEXT"))
 
 
+def _migrate_to_4(conn: sa.Connection) -> None:
+    leases.create(conn, checkfirst=True)
+
+
 # Version N is reached by running MIGRATIONS[N] on a store at version N - 1.
-MIGRATIONS: dict[int, Any] = {2: _migrate_to_2, 3: _migrate_to_3}
+MIGRATIONS: dict[int, Any] = {2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4}
+
+# A fence runs at the start of each write transaction of its pipeline and raises if this
+# process may no longer write for it.
+Fence = Callable[[sa.Connection], None]
 
 
 @dataclass(frozen=True)
@@ -198,6 +222,19 @@ class StateLocked(ConnectorError):
     """Another connector process is writing to the same state store."""
 
 
+def state_url_password(url: str) -> str | None:
+    """The password in a state store URL, if any, so that logs can redact it."""
+    try:
+        return sa.engine.make_url(url).password
+    except (SQLAlchemyError, ValueError):
+        return None
+
+
+def base_pipeline(name: str) -> str:
+    """The pipeline that a state key belongs to: ``contacts:backfill`` belongs to ``contacts``."""
+    return name.split(":", 1)[0]
+
+
 def _now() -> str:
     return format_iso(datetime.now(UTC))
 
@@ -217,18 +254,63 @@ class StateStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self._fences: dict[str, Fence] = {}
         try:
-            self._engine: Engine = sa.create_engine(url, future=True)
+            parsed = sa.engine.make_url(url)
+        except (SQLAlchemyError, ValueError) as exc:
+            raise ConfigurationError(
+                f"SFCHARLES_STATE_URL: not a database URL ({exc.__class__.__name__}); use sqlite:///path/to/state.db "
+                "or postgresql+psycopg://user:password@host:5432/database"
+            ) from None
+        if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() != "psycopg":
+            raise ConfigurationError(
+                f"SFCHARLES_STATE_URL: {parsed.render_as_string(hide_password=True)!r} uses the driver "
+                f"{parsed.get_driver_name()!r}; write postgresql+psycopg:// (psycopg 3 is the driver installed)"
+            )
+        options: dict[str, Any] = {}
+        if parsed.get_backend_name() == "postgresql":
+            # Connections are checked before use, so a restarted server costs one retry, not a cycle.
+            options = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10, "connect_args": {"connect_timeout": 10}}
+        try:
+            self._engine: Engine = sa.create_engine(parsed, future=True, **options)
         except (SQLAlchemyError, ValueError, ImportError) as exc:
-            raise ConfigurationError(f"SFCHARLES_STATE_URL: cannot use {sa.engine.make_url(url).render_as_string(hide_password=True)!r}: {exc}") from None
+            raise ConfigurationError(f"SFCHARLES_STATE_URL: cannot use {parsed.render_as_string(hide_password=True)!r}: {exc}") from None
         if self._engine.dialect.name == "sqlite":
             sa.event.listen(self._engine, "connect", _sqlite_pragmas)
         self._migrate()
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._engine.dialect.name
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def set_fence(self, pipeline: str, fence: Fence | None) -> None:
+        """Check every later write of ``pipeline`` with ``fence``, or stop checking (None)."""
+        if fence is None:
+            self._fences.pop(pipeline, None)
+        else:
+            self._fences[pipeline] = fence
+
+    @contextmanager
+    def _write(self, pipeline: str) -> Iterator[sa.Connection]:
+        """A write transaction for ``pipeline``, checked by its fence first."""
+        with self._engine.begin() as conn:
+            fence = self._fences.get(base_pipeline(pipeline))
+            if fence is not None:
+                fence(conn)
+            yield conn
 
     def _migrate(self) -> None:
         """Create a new store at version 1, then run every migration up to SCHEMA_VERSION."""
         try:
             with self._engine.begin() as conn:
+                if self._engine.dialect.name == "postgresql":
+                    # Replicas starting together must not run the same migration twice.
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
                 for table in _VERSION_1_TABLES:
                     table.create(conn, checkfirst=True)
                 row = conn.execute(sa.select(schema_info.c.value).where(schema_info.c.key == "schema_version")).first()
@@ -304,7 +386,7 @@ class StateStore:
 
     def advance_watermark(self, pipeline: str, position: Watermark) -> None:
         """Move the watermark forward; raise CursorOrderError if it would move back."""
-        with self._engine.begin() as conn:
+        with self._write(pipeline) as conn:
             row = conn.execute(sa.select(watermarks).where(watermarks.c.pipeline == pipeline)).first()
             current = None if row is None else Watermark.from_strings(row.modstamp, row.record_id)
             ensure_forward(current, position)
@@ -312,7 +394,7 @@ class StateStore:
 
     def advance_watermark_if_ahead(self, pipeline: str, position: Watermark) -> bool:
         """Move the watermark to ``position`` only if that is further on; return whether it moved."""
-        with self._engine.begin() as conn:
+        with self._write(pipeline) as conn:
             row = conn.execute(sa.select(watermarks).where(watermarks.c.pipeline == pipeline)).first()
             current = None if row is None else Watermark.from_strings(row.modstamp, row.record_id)
             if current is not None and position <= current:
@@ -322,7 +404,7 @@ class StateStore:
 
     def set_watermark(self, pipeline: str, position: Watermark | None) -> None:
         """Set the watermark to any position, backwards included, or delete it (operator rewind)."""
-        with self._engine.begin() as conn:
+        with self._write(pipeline) as conn:
             if position is None:
                 conn.execute(watermarks.delete().where(watermarks.c.pipeline == pipeline))
                 return
@@ -393,7 +475,7 @@ class StateStore:
         if not claims:
             return
         now = _now()
-        with self._engine.begin() as conn:
+        with self._write(pipeline) as conn:
             for key, record_id in claims:
                 row = conn.execute(
                     sa.select(identities.c.record_id).where(
@@ -426,7 +508,7 @@ class StateStore:
         ignored, because lookback re-reads and merge winners are handled out of order.
         """
         now = _now()
-        with self._engine.begin() as conn:
+        with self._write(pipeline) as conn:
             for item in handled:
                 self._upsert(conn, records, {"pipeline": pipeline, "record_id": item.record_id}, {
                     "modstamp": item.modstamp, "outcome": item.outcome, "payload_hash": item.payload_hash,
@@ -478,7 +560,7 @@ class StateStore:
         ]
 
     def discard_dead_letter(self, pipeline: str, record_id: str) -> bool:
-        with self._engine.begin() as conn:
+        with self._write(pipeline) as conn:
             deleted = conn.execute(dead_letters.delete().where(dead_letters.c.pipeline == pipeline, dead_letters.c.record_id == record_id))
         return deleted.rowcount > 0
 
@@ -495,7 +577,7 @@ class StateStore:
     # Cycle history
 
     def start_cycle(self, cycle_id: str, pipeline: str, mode: str, watermark_before: Watermark | None) -> None:
-        with self._engine.begin() as conn:
+        with self._write(pipeline) as conn:
             conn.execute(
                 cycles.insert().values(
                     cycle_id=cycle_id, pipeline=pipeline, mode=mode, started_at=_now(), status="running",
@@ -514,7 +596,7 @@ class StateStore:
         error: str | None = None,
         summary: dict[str, Any] | None = None,
     ) -> None:
-        with self._engine.begin() as conn:
+        with self._write(self._cycle_pipeline(cycle_id)) as conn:
             conn.execute(
                 cycles.update().where(cycles.c.cycle_id == cycle_id).values(
                     finished_at=_now(), status=status,
@@ -525,6 +607,30 @@ class StateStore:
                     summary=None if summary is None else json.dumps(summary, sort_keys=True),
                 )
             )
+
+    def _cycle_pipeline(self, cycle_id: str) -> str:
+        with self._engine.connect() as conn:
+            pipeline = conn.execute(sa.select(cycles.c.pipeline).where(cycles.c.cycle_id == cycle_id)).scalar()
+        return pipeline or ""
+
+    def abandon_running_cycles(self, pipeline: str) -> int:
+        """Mark cycles of ``pipeline`` still shown as running as abandoned; return how many.
+
+        Called when a process starts to lead the pipeline: no other process runs one then,
+        so a running row is left over from a process that died.
+        """
+        with self._write(pipeline) as conn:
+            result = conn.execute(
+                cycles.update().where(cycles.c.pipeline == pipeline, cycles.c.status == "running")
+                .values(status="abandoned", finished_at=_now(), error="the process running this cycle stopped before it finished")
+            )
+        return result.rowcount
+
+    def lease(self, pipeline: str) -> dict[str, Any] | None:
+        """The pipeline's lease row: last holder, epoch, when acquired and released."""
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(leases).where(leases.c.pipeline == pipeline)).first()
+        return None if row is None else dict(row._mapping)
 
     def recent_cycles(self, pipeline: str, limit: int = 10) -> list[CycleRecord]:
         with self._engine.connect() as conn:

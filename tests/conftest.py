@@ -19,6 +19,7 @@ from connector.emulators.charles import CharlesEmulator
 from connector.emulators.salesforce import SalesforceEmulator
 from connector.logs import configure_logging
 from connector.settings import Settings, load_settings
+from tests.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures, registered by import)
 
 CHARLES_KEY = "test-charles-key-7f3a9c"
 CLIENT_SECRET = "test-client-secret-5d2e8b"
