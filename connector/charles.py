@@ -186,9 +186,13 @@ class CharlesSink:
         """
         if self._rejected_key is not None:
             raise self._rejected_key
+        # Waits for a free slot, but not past an abort: a cut upsert may hold its slot until it times out.
+        while not self._slots.acquire(timeout=0.1):
+            if self._aborted:
+                raise LeadershipLost("pushing was aborted: this process no longer leads the pipeline")
         if self._aborted:
+            self._slots.release()
             raise LeadershipLost("pushing was aborted: this process no longer leads the pipeline")
-        self._slots.acquire()
         context = contextvars.copy_context()  # so worker log lines carry the cycle's bound context
         try:
             future = self._executor.submit(context.run, self.upsert, record_id, payload)
@@ -287,6 +291,10 @@ class CharlesSink:
             raise RecordError(
                 f"upsert of record {record_id} not sent: {exc}", record_id=record_id, reason="leadership_lost", retryable=True
             ) from None
+
+    @property
+    def aborted(self) -> bool:
+        return self._aborted
 
     def abort(self) -> None:
         """Send nothing more and cut the requests in flight; the sink cannot be used again.

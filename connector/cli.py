@@ -142,7 +142,8 @@ def _leading(app: Any) -> Any:
 
     settings = app.settings
     coordinator = PostgresCoordinator(
-        app.store, f"{settings.replica_id}-cli", heartbeat_s=settings.leader_heartbeat_s, lease_s=settings.leader_lease_s
+        app.store, f"{settings.replica_id}-cli", heartbeat_s=settings.leader_heartbeat_s, lease_s=settings.leader_lease_s,
+        announce=False,
     )
     coordinator.connect()
     try:
@@ -244,7 +245,8 @@ def run() -> NoReturn:
                 coordinator.connect()
             else:
                 coordinator = LocalCoordinator(process.replica_id)
-            with serve_metrics(process, poll_interval_s=max(settings.poll_interval_s for settings in pipelines)) as metrics:
+            longest = max(settings.poll_interval_s for settings in pipelines)
+            with serve_metrics(process, poll_interval_s=longest, pipelines=[settings.pipeline for settings in pipelines]) as metrics:
                 runners = [
                     PipelineRunner(app.settings, app, Daemon(_cycle(app), app.settings, app.stop_event, usage_probe=_usage_probe(app), metrics=metrics))
                     for app in apps

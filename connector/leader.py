@@ -128,6 +128,7 @@ class PostgresCoordinator:
         *,
         heartbeat_s: float,
         lease_s: float,
+        announce: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if store.dialect != "postgresql":
@@ -135,6 +136,9 @@ class PostgresCoordinator:
         self.replica_id = replica_id
         self.heartbeat_s = heartbeat_s
         self.lease_s = lease_s
+        # A daemon replica announces itself, so that the others count it when they divide
+        # the pipelines; a one-off command only takes the lock of its pipeline.
+        self._announce = announce
         self._store = store
         self._clock = clock
         self._conninfo = store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -167,7 +171,9 @@ class PostgresCoordinator:
             except psycopg.Error as exc:
                 self._lost_reason = f"cannot connect to the state store: {_first_line(exc)}"
                 raise LeadershipLost(f"replica {self.replica_id}: {self._lost_reason}") from None
-            taken = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (REPLICA_LOCK_CLASS, lock_key(self.replica_id))).fetchone()
+            taken = (True,)
+            if self._announce:
+                taken = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (REPLICA_LOCK_CLASS, lock_key(self.replica_id))).fetchone()
             if not taken or not taken[0]:
                 conn.close()
                 raise ConfigurationError(

@@ -6,12 +6,14 @@ The daemon serves them only when ``SFCHARLES_METRICS_PORT`` is set:
 - ``/healthz``: 200 while the process and its scheduler loop are alive. It never depends
   on Salesforce or Charles, so an outage of either does not make an orchestrator restart
   the connector.
-- ``/readyz``: 200 when the last successful cycle ended less than three poll intervals
-  ago, or while the daemon is still in its first poll interval; 503 otherwise.
+- ``/readyz``: 200 when, for every pipeline this process runs, the last successful cycle
+  ended less than three poll intervals ago, or the pipeline is still in its first poll
+  interval; also 200 for a replica that runs no pipeline (a standby). 503 otherwise.
 
 prometheus-client's own ``start_http_server`` serves metrics on every path, so it cannot
-serve the health paths. A small WSGI server from the standard library serves all three. No metric is labelled by record id: the only labels are the outcome of a record
-and the status of a cycle, both from small fixed sets.
+serve the health paths. A small WSGI server from the standard library serves all three. No metric is labelled by record id: the only labels are the pipeline, from the
+configuration, and the outcome of a record and the status of a cycle, both from small
+fixed sets.
 """
 
 from __future__ import annotations
@@ -96,14 +98,19 @@ class Metrics:
     successful cycle and for each heartbeat. Every method is safe to call from any thread.
     """
 
-    def __init__(self, poll_interval_s: float, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, poll_interval_s: float, *, pipelines: Iterable[str] = ("contacts",), clock: Callable[[], float] = time.time
+    ) -> None:
         self.poll_interval_s = poll_interval_s
+        self.pipelines = tuple(pipelines)
         self._clock = clock
         self._lock = threading.Lock()
         self.started_at = clock()
-        self._last_success: float | None = None
+        self._last_success: dict[str, float] = {}
         self._last_heartbeat: float | None = None
         self._stopping = False
+        # Pipeline -> since when this process runs it; every pipeline until told otherwise.
+        self._leading: dict[str, float] = dict.fromkeys(self.pipelines, self.started_at)
 
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
@@ -111,81 +118,94 @@ class Metrics:
         GCCollector(registry=self.registry)
 
         self.records = Counter(
-            "sfcharles_records", "Records handled by sync cycles, by outcome.", ["outcome"], registry=self.registry
+            "sfcharles_records", "Records handled by sync cycles, by pipeline and outcome.", ["pipeline", "outcome"], registry=self.registry
         )
-        self.cycles = Counter("sfcharles_cycles", "Sync cycles finished, by status.", ["status"], registry=self.registry)
+        self.cycles = Counter("sfcharles_cycles", "Sync cycles finished, by pipeline and status.", ["pipeline", "status"], registry=self.registry)
         self.cycle_duration = Histogram(
             "sfcharles_cycle_duration_seconds",
             "Duration of sync cycles, in seconds.",
+            ["pipeline"],
             buckets=CYCLE_DURATION_BUCKETS_S,
             registry=self.registry,
         )
         self.watermark_lag = Gauge(
             "sfcharles_watermark_lag_seconds",
             "How far the watermark trailed Salesforce's clock at the end of the last cycle that read it; NaN before that.",
+            ["pipeline"],
             registry=self.registry,
         )
         self.last_success = Gauge(
             "sfcharles_last_success_timestamp_seconds",
             "Unix time at which the last successful cycle ended; 0 before the first.",
+            ["pipeline"],
             registry=self.registry,
         )
         self.api_used = Gauge(
             "sfcharles_salesforce_api_requests_used",
             "Salesforce API requests used in the org's rolling 24-hour allocation, as of the last cycle; NaN before that.",
+            ["pipeline"],
             registry=self.registry,
         )
         self.api_limit = Gauge(
             "sfcharles_salesforce_api_requests_limit",
             "The org's 24-hour Salesforce API request allocation, as of the last cycle; NaN before that.",
+            ["pipeline"],
             registry=self.registry,
         )
         self.poll_interval = Gauge(
             "sfcharles_poll_interval_seconds", "Seconds between the daemon's cycles (SFCHARLES_POLL_INTERVAL_S).", registry=self.registry
         )
-        self.build_info = Gauge("sfcharles_build_info", "Always 1; the label carries the connector's version.", ["version"], registry=self.registry)
-        self.leading = Gauge(
-            "sfcharles_pipelines_leading",
-            "Pipelines this process runs now; with replicas on PostgreSQL, those it holds the lock of.",
+        self.pipeline_leading = Gauge(
+            "sfcharles_pipeline_leading",
+            "1 while this process runs the pipeline; with replicas on PostgreSQL, while it holds the pipeline's lock.",
+            ["pipeline"],
             registry=self.registry,
         )
-        self._leading: int | None = None
+        self.build_info = Gauge("sfcharles_build_info", "Always 1; the label carries the connector's version.", ["version"], registry=self.registry)
 
         # Every label value exists from the start, so rate() and increase() see the first event.
-        for outcome in RECORD_OUTCOMES:
-            self.records.labels(outcome=outcome)
-        for status in CYCLE_STATUSES:
-            self.cycles.labels(status=status)
-        for gauge in (self.watermark_lag, self.api_used, self.api_limit):
-            gauge.set(float("nan"))
+        for pipeline in self.pipelines:
+            for outcome in RECORD_OUTCOMES:
+                self.records.labels(pipeline=pipeline, outcome=outcome)
+            for status in CYCLE_STATUSES:
+                self.cycles.labels(pipeline=pipeline, status=status)
+            self.cycle_duration.labels(pipeline=pipeline)
+            self.last_success.labels(pipeline=pipeline).set(0)
+            self.pipeline_leading.labels(pipeline=pipeline).set(1)
+            for gauge in (self.watermark_lag, self.api_used, self.api_limit):
+                gauge.labels(pipeline=pipeline).set(float("nan"))
         self.poll_interval.set(poll_interval_s)
         self.build_info.labels(version=__version__).set(1)
 
     # Observations
 
-    def observe_cycle(self, report: CycleReport) -> None:
-        """Count a finished cycle, its records and its duration, and update the gauges."""
-        self.cycles.labels(status=report.status).inc()
-        self.cycle_duration.observe(report.duration_s)
+    def _pipeline(self, pipeline: str | None) -> str:
+        return pipeline if pipeline is not None else self.pipelines[0]
+
+    def observe_cycle(self, report: CycleReport, pipeline: str | None = None) -> None:
+        """Count a finished cycle of ``pipeline`` (default: the first), its records and duration, and update the gauges."""
+        name = self._pipeline(pipeline)
+        self.cycles.labels(pipeline=name, status=report.status).inc()
+        self.cycle_duration.labels(pipeline=name).observe(report.duration_s)
         for outcome, count in record_counts(report).items():
             if count:
-                self.records.labels(outcome=outcome).inc(count)
+                self.records.labels(pipeline=name, outcome=outcome).inc(count)
         lag_s = report.watermark_lag_s()
         if lag_s is not None:
-            self.watermark_lag.set(lag_s)
+            self.watermark_lag.labels(pipeline=name).set(lag_s)
         if report.api_used is not None:
-            self.api_used.set(report.api_used)
+            self.api_used.labels(pipeline=name).set(report.api_used)
         if report.api_limit is not None:
-            self.api_limit.set(report.api_limit)
+            self.api_limit.labels(pipeline=name).set(report.api_limit)
         if cycle_succeeded(report):
             now = self._clock()
             with self._lock:
-                self._last_success = now
-            self.last_success.set(now)
+                self._last_success[name] = now
+            self.last_success.labels(pipeline=name).set(now)
 
-    def observe_cycle_error(self) -> None:
+    def observe_cycle_error(self, pipeline: str | None = None) -> None:
         """Count a cycle that raised instead of returning a report, as failed."""
-        self.cycles.labels(status="failed").inc()
+        self.cycles.labels(pipeline=self._pipeline(pipeline), status="failed").inc()
 
     def heartbeat(self) -> None:
         """Record that the scheduler loop is alive. The daemon calls this about once a second."""
@@ -193,11 +213,14 @@ class Metrics:
         with self._lock:
             self._last_heartbeat = now
 
-    def set_leading(self, pipelines: list[str]) -> None:
+    def set_leading(self, pipelines: Iterable[str]) -> None:
         """Record the pipelines this process runs now. A replica that runs none is a ready standby."""
+        now = self._clock()
+        leading = set(pipelines)
         with self._lock:
-            self._leading = len(pipelines)
-        self.leading.set(len(pipelines))
+            self._leading = {name: self._leading.get(name, now) for name in self.pipelines if name in leading}
+        for name in self.pipelines:
+            self.pipeline_leading.labels(pipeline=name).set(1 if name in leading else 0)
 
     def stopping(self) -> None:
         """Record that the daemon is shutting down, so a slow shutdown is not reported as stalled."""
@@ -229,20 +252,33 @@ class Metrics:
         """Return whether the daemon is keeping up, with the details that ``/readyz`` shows."""
         now = self._clock()
         with self._lock:
-            last_success, leading = self._last_success, self._leading
+            successes, leading = dict(self._last_success), dict(self._leading)
         max_age_s = READY_MAX_INTERVALS * self.poll_interval_s
-        if leading == 0:
+        if not leading:
             return True, {"status": "standby", "detail": "this replica runs no pipeline now; it takes one over when a replica stops"}
+        states: dict[str, str] = {}
+        for name, since in leading.items():
+            last = successes.get(name)
+            if last is not None and now - last < max_age_s:
+                states[name] = "ready"
+            elif now - since < self.poll_interval_s:
+                states[name] = "starting"
+            else:
+                states[name] = "not_ready"
+        # The oldest success among the pipelines run here: the one that decides readiness.
+        last_success = min((successes.get(name) for name in leading), key=lambda value: -1 if value is None else value)
         details: dict[str, Any] = {
             "last_success": None if last_success is None else _iso(last_success),
             "last_success_age_s": None if last_success is None else round(now - last_success, 3),
             "max_age_s": max_age_s,
         }
-        if last_success is not None and now - last_success < max_age_s:
-            return True, {"status": "ready", **details}
-        if now - self.started_at < self.poll_interval_s:
+        if len(self.pipelines) > 1:
+            details["pipelines"] = states
+        if "not_ready" in states.values():
+            return False, {"status": "not_ready", **details}
+        if "starting" in states.values():
             return True, {"status": "starting", **details}
-        return False, {"status": "not_ready", **details}
+        return True, {"status": "ready", **details}
 
     # HTTP
 
@@ -353,17 +389,22 @@ def stop_metrics_server(server: MetricsServer | None) -> None:
 
 @contextmanager
 def serve_metrics(
-    settings: Settings, *, poll_interval_s: float | None = None, clock: Callable[[], float] = time.time
+    settings: Settings,
+    *,
+    poll_interval_s: float | None = None,
+    pipelines: Iterable[str] | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> Iterator[Metrics | None]:
     """Serve metrics and health while the block runs, when SFCHARLES_METRICS_PORT is set.
 
     Yields the Metrics to observe cycles with, or None when the port is not set.
-    ``poll_interval_s`` overrides the settings' interval: the longest of several pipelines.
+    ``poll_interval_s`` overrides the settings' interval: the longest of several pipelines,
+    which ``pipelines`` names; by default the settings' one pipeline.
     """
     if settings.metrics_port is None:
         yield None
         return
-    metrics = Metrics(poll_interval_s or settings.poll_interval_s, clock=clock)
+    metrics = Metrics(poll_interval_s or settings.poll_interval_s, pipelines=pipelines or (settings.pipeline,), clock=clock)
     server = start_metrics_server(metrics, settings.metrics_host, settings.metrics_port)
     try:
         yield metrics

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from concurrent.futures import Future, wait
+from concurrent.futures import CancelledError, Future, wait
 from dataclasses import dataclass, field
 
 from connector.charles import PushResult
@@ -125,6 +125,10 @@ class Progress:
                 log.warning("charles.upsert_rejected", record_id=exc.record_id, reason=exc.reason, error=str(exc))
                 self._batch.set_aside.append(SetAside(decision.record_id, decision.modstamp, exc.reason, str(exc)))
                 return True
+            except CancelledError:
+                # Never sent: the sink was aborted or is shutting down. Read again next cycle.
+                self._report.failed_by_reason["cancelled"] += 1
+                return False
             except Exception as exc:  # a bug must not lose the record: hold the watermark before it
                 self._report.failed_by_reason["internal_error"] += 1
                 log.error("sync.push_crashed", record_id=decision.record_id, error_type=exc.__class__.__name__, exc_info=exc)

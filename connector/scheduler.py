@@ -129,9 +129,9 @@ class Daemon:
         try:
             report = self._cycle()
         except Exception:
-            self._metrics.observe_cycle_error()
+            self._metrics.observe_cycle_error(self._settings.pipeline)
             raise
-        self._metrics.observe_cycle(report)
+        self._metrics.observe_cycle(report, self._settings.pipeline)
         return report
 
     def _quota_allows_cycle(self) -> bool:
@@ -372,10 +372,12 @@ class Supervisor:
 
     def _tick(self, runner: PipelineRunner) -> None:
         with structlog.contextvars.bound_contextvars(pipeline=runner.name):
-            if runner.state != "held" or self.stop_event.is_set():
-                return
+            # Marked running before the checks, so the election loop never hands back a
+            # pipeline whose cycle is about to start.
             runner.running = True
             try:
+                if runner.state != "held" or self.stop_event.is_set():
+                    return
                 runner.daemon.tick()
             finally:
                 runner.running = False
@@ -412,8 +414,12 @@ class Supervisor:
         finally:
             if self._metrics is not None:
                 self._metrics.stopping()
-            # Waits for the running cycles, which see their stop events and wind down.
-            self._scheduler.shutdown(wait=True)
+            # The running cycles see their stop events and wind down. Meanwhile the locks
+            # stay confirmed, or the lease would run out under a long drain.
+            self._scheduler.shutdown(wait=False)
+            while any(runner.running for runner in self.runners):
+                self.coordinator.heartbeat()
+                time.sleep(min(0.2, self._settings.leader_heartbeat_s))
             for runner in self.runners:
                 if runner.state in ("held", "releasing"):
                     self._release(runner)

@@ -193,7 +193,8 @@ class Syncer:
                     on_page(report.fetched, total if total is not None else page.total_size)
                 if report.status == "interrupted":
                     break
-        except ConfigurationError:
+        except (ConfigurationError, LeadershipLost):
+            # Another replica leads the pipeline now: nothing more is written or waited for.
             progress.cancel_pending()
             raise
         except FatalError as exc:
@@ -209,6 +210,8 @@ class Syncer:
         # Drain the remaining pushes and commit; then send merge winners again. After a stop
         # request the wait is bounded, and unfinished upserts are read again next cycle.
         until = time.monotonic() + self.settings.shutdown_grace_s if report.status == "interrupted" else None
+        if getattr(self.sink, "aborted", False):
+            until = time.monotonic()  # leadership lost: the cut upserts are not waited for
         if not progress.collect(block=True, until=until):
             log.warning("sync.upserts_abandoned", count=len(progress), reason="shutdown grace period over")
             progress.cancel_pending()

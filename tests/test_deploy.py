@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,18 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from connector.errors import ConfigurationError
 from connector.field_map import load_field_map
 from connector.metrics import Metrics, start_metrics_server, stop_metrics_server
-from connector.settings import load_settings
+from connector.settings import load_pipelines, load_settings
 from tests.conftest import ROOT
 
 DEPLOY = ROOT / "deploy"
 DOCKERFILE = DEPLOY / "Dockerfile"
 KUBERNETES = DEPLOY / "kubernetes"
+REPLICATED = KUBERNETES / "replicated"
+REPLICATED_COMPOSE = DEPLOY / "docker-compose.replicated.yml"
+PIPELINES_EXAMPLE = DEPLOY / "sfcharles-pipelines.toml.example"
 UNIT = DEPLOY / "systemd" / "sfcharles.service"
 METRICS_PORT = "9477"
 
@@ -198,8 +203,7 @@ def compose() -> dict[str, Any]:
 
 
 def test_compose_services(compose) -> None:
-    assert set(compose["services"]) == {"sfcharles", "postgres"}
-    assert compose["services"]["postgres"]["profiles"] == ["postgres"], "PostgreSQL starts only on request"
+    assert set(compose["services"]) == {"sfcharles"}, "replicas on PostgreSQL have their own file"
     assert "profiles" not in compose["services"]["sfcharles"]
 
 
@@ -222,7 +226,7 @@ def test_compose_secrets_read_through_files(compose) -> None:
     assert set(service["secrets"]) == {"charles_api_key", "salesforce_private_key"}
     assert environment["SFCHARLES_CHARLES_API_KEY_FILE"] == "/run/secrets/charles_api_key"
     assert environment["SFCHARLES_SALESFORCE_PRIVATE_KEY_FILE"] == "/run/secrets/salesforce_private_key"
-    for name in service["secrets"] + compose["services"]["postgres"]["secrets"]:
+    for name in service["secrets"]:
         assert name in compose["secrets"], f"secret {name} is used but not defined"
     for name, value in environment.items():
         assert not any(word in name for word in ("_KEY", "SECRET", "PASSWORD")) or name.endswith("_FILE"), name
@@ -263,23 +267,27 @@ def read_env_file(path: Path) -> dict[str, str]:
 # Kubernetes
 
 
-def manifests() -> list[tuple[str, dict[str, Any]]]:
+def manifests(folder: Path = KUBERNETES) -> list[tuple[str, dict[str, Any]]]:
     found = []
-    for path in sorted(KUBERNETES.glob("*.yaml")):
+    for path in sorted(folder.glob("*.yaml")):
         for document in yaml.safe_load_all(path.read_text()):
             if document:
                 found.append((path.name, document))
     return found
 
 
-def resource(kind: str, name: str) -> dict[str, Any]:
-    for _file, document in manifests():
+def resource(kind: str, name: str, folder: Path = KUBERNETES) -> dict[str, Any]:
+    for _file, document in manifests(folder):
         if document["kind"] == kind and document["metadata"]["name"] == name:
             return document
-    raise AssertionError(f"no {kind} named {name} in {KUBERNETES}")
+    raise AssertionError(f"no {kind} named {name} in {folder}")
 
 
-@pytest.mark.parametrize(("file", "document"), manifests(), ids=lambda item: item if isinstance(item, str) else item["kind"])
+@pytest.mark.parametrize(
+    ("file", "document"),
+    [*manifests(), *((f"replicated/{file}", document) for file, document in manifests(REPLICATED))],
+    ids=lambda item: item if isinstance(item, str) else item["kind"],
+)
 def test_manifest_valid_strict(file: str, document: dict[str, Any]) -> None:
     version = kubernetes_validate.latest_version()
 
@@ -301,7 +309,13 @@ def test_manifests_cover_expected_kinds() -> None:
 
 
 def container_env(pod_spec: dict[str, Any]) -> dict[str, str]:
-    return {item["name"]: item["value"] for item in pod_spec["containers"][0]["env"]}
+    """The container's env entries that set a value. Entries with valueFrom are left out."""
+    return {item["name"]: item["value"] for item in pod_spec["containers"][0]["env"] if "value" in item}
+
+
+def container_env_sources(pod_spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The valueFrom of each env entry that has one."""
+    return {item["name"]: item["valueFrom"] for item in pod_spec["containers"][0]["env"] if "valueFrom" in item}
 
 
 def mount_paths(pod_spec: dict[str, Any]) -> dict[str, str]:
@@ -320,8 +334,9 @@ def test_deployment_runs_one_pod_at_a_time() -> None:
     assert spec["template"]["spec"]["terminationGracePeriodSeconds"] >= 60
 
 
-def test_deployment_security_context() -> None:
-    pod = resource("Deployment", "sfcharles")["spec"]["template"]["spec"]
+@pytest.mark.parametrize("folder", [KUBERNETES, REPLICATED], ids=["single", "replicated"])
+def test_deployment_security_context(folder: Path) -> None:
+    pod = resource("Deployment", "sfcharles", folder)["spec"]["template"]["spec"]
     container = pod["containers"][0]["securityContext"]
 
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -331,8 +346,9 @@ def test_deployment_security_context() -> None:
     assert container["capabilities"]["drop"] == ["ALL"]
 
 
-def test_deployment_probes() -> None:
-    container = resource("Deployment", "sfcharles")["spec"]["template"]["spec"]["containers"][0]
+@pytest.mark.parametrize("folder", [KUBERNETES, REPLICATED], ids=["single", "replicated"])
+def test_deployment_probes(folder: Path) -> None:
+    container = resource("Deployment", "sfcharles", folder)["spec"]["template"]["spec"]["containers"][0]
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
 
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -408,6 +424,298 @@ def test_kubernetes_settings_load(tmp_path: Path) -> None:
 
     assert settings.poll_interval_s == 60
     assert settings.metrics_host == "0.0.0.0"
+
+
+# Replicated mode: several replicas that share a PostgreSQL state store
+
+REPLICATED_SECRET_MOUNT = "/run/secrets/sfcharles"
+COMPOSE_SECRET_MOUNT = "/run/secrets"
+# An SFCHARLES_* name in a file. Each one in the replicated files must be a variable that the settings accept.
+SETTINGS_VARIABLE = re.compile(r"\bSFCHARLES_[A-Z0-9_]*[A-Z0-9]\b")
+
+
+def replicated_pod() -> dict[str, Any]:
+    return resource("Deployment", "sfcharles", REPLICATED)["spec"]["template"]["spec"]
+
+
+def replicated_config_text() -> str:
+    return resource("ConfigMap", "sfcharles-pipelines", REPLICATED)["data"]["sfcharles.toml"]
+
+
+def secret_file_keys(config: dict[str, Any]) -> dict[str, str]:
+    """The ``*_file`` keys of every pipeline table, as ``"<pipeline>.<key>"`` to path."""
+    return {
+        f"{name}.{key}": value
+        for name, table in config["pipelines"].items()
+        for key, value in table.items()
+        if key.endswith("_file")
+    }
+
+
+def localize_config(text: str, mount: str, secrets: dict[str, str], tmp_path: Path) -> Path:
+    """Write ``secrets`` as files under tmp_path and a copy of the config that reads them there."""
+    secret_dir = tmp_path / "secrets"
+    secret_dir.mkdir()
+    for name, value in secrets.items():
+        (secret_dir / name).write_text(value)
+    config = tmp_path / "sfcharles.toml"
+    config.write_text(text.replace(f'"{mount}/', f'"{secret_dir}/'))
+    return config
+
+
+def test_replicated_manifests_cover_expected_kinds() -> None:
+    kinds = sorted(document["kind"] for _file, document in manifests(REPLICATED))
+
+    assert kinds == ["ConfigMap", "Deployment", "PodDisruptionBudget", "Secret", "Secret"]
+
+
+def test_replicated_manifests_include_no_postgres() -> None:
+    for file, document in manifests(REPLICATED):
+        assert "postgres" not in document["metadata"]["name"], f"{file}: operators bring their own PostgreSQL"
+    images = [container["image"] for container in replicated_pod()["containers"]]
+    assert images == ["registry.example.com/sfcharles:0.1.0"]
+
+
+def test_replicated_deployment_rollout() -> None:
+    spec = resource("Deployment", "sfcharles", REPLICATED)["spec"]
+
+    assert spec["replicas"] == 3
+    assert spec["strategy"]["type"] == "RollingUpdate"
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert spec["template"]["spec"]["terminationGracePeriodSeconds"] >= 60
+
+
+def test_replicated_deployment_keeps_no_state() -> None:
+    pod = replicated_pod()
+    mounts = mount_paths(pod)
+
+    for volume in pod["volumes"]:
+        assert "persistentVolumeClaim" not in volume, volume["name"]
+    assert "/data" not in mounts.values()
+    assert "emptyDir" in volumes(pod)["tmp"]
+    assert mounts["tmp"] == "/tmp"
+
+
+def test_replicated_env_from_pod_and_secret() -> None:
+    pod = replicated_pod()
+    sources = container_env_sources(pod)
+    state_url = sources["SFCHARLES_STATE_URL"]["secretKeyRef"]
+    secret = resource("Secret", state_url["name"], REPLICATED)
+
+    assert sources["SFCHARLES_REPLICA_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert state_url["key"] in secret["stringData"]
+    assert "SFCHARLES_STATE_URL" not in container_env(pod), "the URL contains the password, so it comes from the Secret only"
+
+
+def test_replicated_config_file_mounted() -> None:
+    pod = replicated_pod()
+    directory, _, key = container_env(pod)["SFCHARLES_CONFIG_FILE"].rpartition("/")
+    config_map = resource("ConfigMap", volumes(pod)["config"]["configMap"]["name"], REPLICATED)
+
+    assert directory == mount_paths(pod)["config"]
+    assert key in config_map["data"]
+    assert key.endswith(".toml")
+
+
+def test_replicated_config_lists_two_pipelines() -> None:
+    config = tomllib.loads(replicated_config_text())
+
+    assert list(config["pipelines"]) == ["us-contacts", "eu-contacts"]
+    for name in config["pipelines"]:
+        assert re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name), name
+
+
+def test_replicated_secret_files_in_secret() -> None:
+    pod = replicated_pod()
+    mounts = mount_paths(pod)
+    secret = resource("Secret", volumes(pod)["pipeline-secrets"]["secret"]["secretName"], REPLICATED)
+    paths = secret_file_keys(tomllib.loads(replicated_config_text()))
+
+    assert mounts["pipeline-secrets"] == REPLICATED_SECRET_MOUNT
+    assert len(paths) == 4, "a private key and a Charles API key for each of two pipelines"
+    for key, path in paths.items():
+        directory, _, name = path.rpartition("/")
+        assert directory == REPLICATED_SECRET_MOUNT, key
+        assert name in secret["stringData"], f"{key} names {name}, which the Secret lacks"
+    assert sorted(path.rpartition("/")[2] for path in paths.values()) == sorted(secret["stringData"]), "no unused Secret keys"
+
+
+def test_replicated_config_contains_no_secret() -> None:
+    config = tomllib.loads(replicated_config_text())
+    tables = [config, *config["pipelines"].values()]
+
+    for table in tables:
+        for key in table:
+            if key == "pipelines":
+                continue
+            assert not any(word in key for word in ("_key", "secret", "password")) or key.endswith("_file"), key
+
+
+def test_replicated_secret_values_are_placeholders() -> None:
+    for _file, document in manifests(REPLICATED):
+        if document["kind"] != "Secret":
+            continue
+        for key, value in document["stringData"].items():
+            assert "REPLACE" in value, f"{document['metadata']['name']}: {key} must stay a marked placeholder"
+
+
+def test_replicated_pdb_selects_daemon_pods() -> None:
+    pdb = resource("PodDisruptionBudget", "sfcharles", REPLICATED)["spec"]
+    deployment = resource("Deployment", "sfcharles", REPLICATED)["spec"]
+    labels = deployment["template"]["metadata"]["labels"]
+
+    assert pdb["maxUnavailable"] == 1
+    assert pdb["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["selector"] == deployment["selector"]
+
+
+def test_replicated_kubernetes_settings_load(tmp_path: Path) -> None:
+    """The ConfigMap, the Secrets and the Deployment's env make a valid two-pipeline configuration."""
+    pod = replicated_pod()
+    pipeline_secrets = resource("Secret", "sfcharles-pipeline-secrets", REPLICATED)["stringData"]
+    state_url = resource("Secret", "sfcharles-state-db", REPLICATED)["stringData"]["state-url"]
+    config = localize_config(replicated_config_text(), REPLICATED_SECRET_MOUNT, pipeline_secrets, tmp_path)
+    environment = {
+        **container_env(pod),
+        "SFCHARLES_CONFIG_FILE": str(config),
+        "SFCHARLES_STATE_URL": state_url,
+        "SFCHARLES_REPLICA_ID": "sfcharles-6c9f7d8b5d-x2k7q",  # a pod name as the downward API gives it
+    }
+
+    pipelines = {settings.pipeline: settings for settings in load_pipelines(environment)}
+
+    assert list(pipelines) == ["us-contacts", "eu-contacts"]
+    assert pipelines["us-contacts"].poll_interval_s == 60
+    assert pipelines["eu-contacts"].poll_interval_s == 120
+    assert pipelines["eu-contacts"].default_region == "DE"
+    assert pipelines["eu-contacts"].charles_api_key.get_secret_value() == pipeline_secrets["eu-contacts-charles-api-key"]
+    for settings in pipelines.values():
+        assert settings.state_url == state_url
+        assert settings.replica_id == "sfcharles-6c9f7d8b5d-x2k7q"
+        assert settings.resolved_auth() == "jwt"
+        assert settings.metrics_host == "0.0.0.0"
+
+
+@pytest.fixture(scope="module")
+def replicated_compose() -> dict[str, Any]:
+    return yaml.safe_load(REPLICATED_COMPOSE.read_text())
+
+
+def test_replicated_compose_services(replicated_compose) -> None:
+    services = replicated_compose["services"]
+    connector = services["sfcharles"]
+    postgres = services["postgres"]
+
+    assert set(services) == {"sfcharles", "postgres"}
+    assert connector["deploy"]["replicas"] == 3
+    assert connector["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert (DEPLOY / connector["build"]["context"]).resolve() == ROOT
+    assert connector["read_only"] is True
+    assert connector["stop_grace_period"] == "2m"
+    assert connector["ports"] == ["127.0.0.1::9477"], "loopback only, and a free host port for each replica"
+    assert postgres["image"] == "postgres:15"
+    assert postgres["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    assert "profiles" not in connector
+    assert "profiles" not in postgres
+
+
+def test_replicated_compose_state_url_from_secret(replicated_compose) -> None:
+    connector = replicated_compose["services"]["sfcharles"]
+    environment = connector["environment"]
+
+    assert environment["SFCHARLES_STATE_URL_FILE"] == f"{COMPOSE_SECRET_MOUNT}/state_url"
+    assert "state_url" in connector["secrets"]
+    assert environment["SFCHARLES_STATE_URL"] == "", "clears the image's SQLite default"
+    for name in connector["secrets"] + replicated_compose["services"]["postgres"]["secrets"]:
+        assert name in replicated_compose["secrets"], f"secret {name} is used but not defined"
+    for name in environment:
+        assert not any(word in name for word in ("_KEY", "SECRET", "PASSWORD")) or name.endswith("_FILE"), name
+
+
+def test_replicated_compose_config_mounted_read_only(replicated_compose) -> None:
+    connector = replicated_compose["services"]["sfcharles"]
+    [mount] = connector["volumes"]
+    source, target, mode = mount.split(":")
+
+    assert source == f"./{PIPELINES_EXAMPLE.name.removesuffix('.example')}"
+    assert target == connector["environment"]["SFCHARLES_CONFIG_FILE"]
+    assert mode == "ro"
+
+
+def test_replicated_compose_secret_files_in_secrets(replicated_compose) -> None:
+    connector = replicated_compose["services"]["sfcharles"]
+    paths = secret_file_keys(tomllib.loads(PIPELINES_EXAMPLE.read_text()))
+
+    assert len(paths) == 4, "a private key and a Charles API key for each of two pipelines"
+    for key, path in paths.items():
+        directory, _, name = path.rpartition("/")
+        assert directory == COMPOSE_SECRET_MOUNT, key
+        assert name in connector["secrets"], f"{key} names {name}, which the sfcharles service does not mount"
+
+
+def test_replicated_compose_pipelines_match_kubernetes() -> None:
+    compose_pipelines = tomllib.loads(PIPELINES_EXAMPLE.read_text())["pipelines"]
+    kubernetes_pipelines = tomllib.loads(replicated_config_text())["pipelines"]
+
+    assert list(compose_pipelines) == list(kubernetes_pipelines)
+    for name, table in compose_pipelines.items():
+        same_keys = {key: value for key, value in table.items() if not key.endswith("_file")}
+        assert same_keys == {key: value for key, value in kubernetes_pipelines[name].items() if not key.endswith("_file")}, name
+
+
+def test_replicated_compose_settings_load(replicated_compose, instructions, tmp_path: Path) -> None:
+    """The image's ENV, the compose environment and the example config make a valid configuration."""
+    connector = replicated_compose["services"]["sfcharles"]
+    image_env = {name: value for name, value in env_values(stages(instructions)[-1]).items() if name.startswith("SFCHARLES_")}
+    state_url = "postgresql+psycopg://sfcharles:placeholder-password@postgres:5432/sfcharles"
+    secrets = {name: f"placeholder-{name}\n" for name in connector["secrets"]}
+    secrets["state_url"] = state_url + "\n"
+    config = localize_config(PIPELINES_EXAMPLE.read_text(), COMPOSE_SECRET_MOUNT, secrets, tmp_path)
+    environment = {
+        **image_env,
+        **connector["environment"],
+        "SFCHARLES_CONFIG_FILE": str(config),
+        "SFCHARLES_STATE_URL_FILE": str(tmp_path / "secrets" / "state_url"),
+    }
+
+    pipelines = load_pipelines(environment)
+
+    assert [settings.pipeline for settings in pipelines] == ["us-contacts", "eu-contacts"]
+    for settings in pipelines:
+        assert settings.state_url == state_url
+        assert settings.leader_lease_s == 10
+        assert settings.charles_api_key.get_secret_value() == f"placeholder-{settings.pipeline.replace('-', '_')}_charles_api_key"
+
+
+def replicated_variables() -> dict[str, list[str]]:
+    """Each SFCHARLES_* name written in the replicated files, comments included, with the files."""
+    files = [*sorted(REPLICATED.glob("*.yaml")), REPLICATED_COMPOSE, PIPELINES_EXAMPLE]
+    found: dict[str, list[str]] = {}
+    for path in files:
+        for name in sorted(set(SETTINGS_VARIABLE.findall(path.read_text()))):
+            found.setdefault(name, []).append(str(path.relative_to(DEPLOY)))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("variable", "files"), [pytest.param(variable, files, id=variable) for variable, files in sorted(replicated_variables().items())]
+)
+def test_replicated_variable_known(variable: str, files: list[str], tmp_path: Path) -> None:
+    # An empty value means "not set", so the loader checks only the variable's name. The
+    # config file declares the example pipelines, which SFCHARLES_PIPELINES__<NAME>__<KEY>
+    # names must match. Problems with other keys, such as missing settings, are ignored.
+    tables = "".join(f"[pipelines.{name}]\n" for name in tomllib.loads(replicated_config_text())["pipelines"])
+    config = tmp_path / "sfcharles.toml"
+    config.write_text(tables)
+
+    try:
+        load_pipelines({"SFCHARLES_CONFIG_FILE": str(config), variable: ""})
+        problems: list[str] = []
+    except ConfigurationError as exc:
+        problems = [line.strip().removeprefix("- ") for line in str(exc).splitlines()]
+
+    rejected = [problem for problem in problems if problem.startswith(f"{variable}:")]
+    assert rejected == [], f"{variable}, written in {', '.join(files)}, is rejected by the settings"
 
 
 # systemd

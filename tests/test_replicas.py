@@ -239,3 +239,23 @@ def test_leader_cut_from_the_database_stops_before_another_starts(
     wait_for(lambda: len(old.events("leader.connected")) >= 2, 30, "the old leader to reconnect")
     assert old.process.poll() is None
     assert old.stop() == 0 and new.stop() == 0
+
+
+def test_one_process_runs_every_pipeline_on_sqlite(
+    env: dict[str, str], start_replica: Callable[[str, dict[str, str]], Replica], charles: CharlesEmulator, tmp_path: Path
+) -> None:
+    config = tmp_path / "pipelines.toml"
+    config.write_text("[pipelines.first]\n\n[pipelines.second]\nlookback_s = 60\n")
+    sqlite_env = {**env, "SFCHARLES_CONFIG_FILE": str(config), "SFCHARLES_POLL_INTERVAL_S": "2", "SFCHARLES_LOG_FORMAT": "json"}
+    replica = start_replica("only", sqlite_env)
+    for pipeline in ("first", "second"):
+        wait_for(lambda p=pipeline: replica.events("sync.cycle_completed", p), 60, f"a cycle of {pipeline}")
+    # The second process on the same SQLite file is refused as before, whatever the pipelines.
+    second = run_cli(["run"], sqlite_env, timeout=60)
+    assert second.returncode == 4, second.stderr
+    assert replica.stop() == 0
+    completed = replica.events("sync.cycle_completed")
+    assert {line["pipeline"] for line in completed} == {"first", "second"}
+    assert all(line["status"] == "succeeded" for line in completed)
+    # Both pipelines sent the same contacts: each pipeline keeps its own state.
+    assert len(charles.upserts) == 2 * len({body["external_reference_id"] for body in charles.upserts})

@@ -5,15 +5,26 @@ import sqlalchemy as sa
 
 from connector.cursor import Watermark
 from connector.errors import ConfigurationError, CursorOrderError
-from connector.state import SCHEMA_VERSION, StateStore
+from connector.state import SCHEMA_VERSION, Handled, KeyChange, SetAside, StateStore
 
+FIRST_ID = "003000000000001AAA"
+SECOND_ID = "003000000000002AAA"
+STAMP = "2025-01-23T10:26:15.000Z"
 EARLY = Watermark.from_strings("2025-01-23T10:26:15Z", "003000000000001AAA")
 LATE = Watermark.from_strings("2025-01-23T10:26:15Z", "003000000000002AAA")
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty state store, once per supported database."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    return f"sqlite:///{tmp_path / 'state.db'}"
+
+
 @pytest.fixture
-def store(tmp_path: Path):
-    state = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+def store(state_url: str):
+    state = StateStore(state_url)
     yield state
     state.close()
 
@@ -22,12 +33,11 @@ def test_no_watermark_at_first(store: StateStore) -> None:
     assert store.get_watermark("contacts") is None
 
 
-def test_watermark_survives_reopen(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'state.db'}"
-    first = StateStore(url)
+def test_watermark_survives_reopen(state_url: str) -> None:
+    first = StateStore(state_url)
     first.advance_watermark("contacts", EARLY)
     first.close()
-    second = StateStore(url)
+    second = StateStore(state_url)
     assert second.get_watermark("contacts") == EARLY
     second.close()
 
@@ -71,17 +81,74 @@ def test_cycle_history_recorded(store: StateStore) -> None:
     assert cycle.watermark_after == str(LATE)
 
 
-def test_newer_schema_refused(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'state.db'}"
-    StateStore(url).close()
-    engine = sa.create_engine(url)
+def test_newer_schema_refused(state_url: str) -> None:
+    StateStore(state_url).close()
+    engine = sa.create_engine(state_url)
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE schema_info SET value = :v WHERE key = 'schema_version'"), {"v": str(SCHEMA_VERSION + 1)})
     engine.dispose()
     with pytest.raises(ConfigurationError, match="newer than this connector supports"):
-        StateStore(url)
+        StateStore(state_url)
 
 
 def test_bad_url_names_setting() -> None:
     with pytest.raises(ConfigurationError, match="SFCHARLES_STATE_URL"):
         StateStore("nosuchdb://x")
+
+
+def test_checkpoint_writes_records_and_watermark(store: StateStore) -> None:
+    store.checkpoint(
+        "contacts",
+        watermark=LATE,
+        handled=[Handled(FIRST_ID, STAMP, "delivered", "a" * 64, "+15550100001")],
+        set_aside=[],
+        key_changes=[],
+    )
+    states = store.record_states("contacts", [FIRST_ID, SECOND_ID])
+    assert list(states) == [FIRST_ID]
+    assert states[FIRST_ID].outcome == "delivered"
+    assert states[FIRST_ID].external_reference_id == "+15550100001"
+    assert store.get_watermark("contacts") == LATE
+
+
+def test_checkpoint_ignores_older_watermark(store: StateStore) -> None:
+    store.advance_watermark("contacts", LATE)
+    store.checkpoint("contacts", watermark=EARLY, handled=[Handled(FIRST_ID, STAMP, "skipped")], set_aside=[], key_changes=[])
+    assert store.get_watermark("contacts") == LATE
+    assert store.record_states("contacts", [FIRST_ID])[FIRST_ID].outcome == "skipped"
+
+
+def test_dead_letter_attempts_counted(store: StateStore) -> None:
+    for error in ("first failure", "second failure"):
+        store.checkpoint(
+            "contacts", watermark=None, handled=[], set_aside=[SetAside(SECOND_ID, STAMP, "rejected", error)], key_changes=[]
+        )
+    [letter] = store.dead_letters("contacts")
+    assert letter.attempts == 2
+    assert letter.error == "second failure"
+    assert letter.first_failed_at <= letter.last_failed_at
+    assert store.dead_letter_count("contacts") == 1
+
+    store.checkpoint("contacts", watermark=None, handled=[Handled(SECOND_ID, STAMP, "delivered")], set_aside=[], key_changes=[])
+    assert store.dead_letters("contacts") == []
+    assert store.discard_dead_letter("contacts", SECOND_ID) is False
+
+
+def test_key_change_retires_old_key(store: StateStore) -> None:
+    store.claim_keys("contacts", [("+15550100001", FIRST_ID)])
+    store.checkpoint(
+        "contacts", watermark=None, handled=[], set_aside=[],
+        key_changes=[KeyChange(FIRST_ID, "+15550100001", "+15550100002")],
+    )
+    assert store.key_owners("contacts", ["+15550100001"]) == {}
+    [retired] = store.retired_keys("contacts")
+    assert retired["external_reference_id"] == "+15550100001"
+    assert retired["record_id"] == FIRST_ID
+    assert retired["replaced_by"] == "+15550100002"
+
+
+def test_claim_moves_key_to_new_record(store: StateStore) -> None:
+    store.claim_keys("contacts", [("+15550100001", FIRST_ID)])
+    store.claim_keys("contacts", [("+15550100001", SECOND_ID)])
+    assert store.key_owners("contacts", ["+15550100001"]) == {"+15550100001": SECOND_ID}
+    assert store.active_keys("contacts", [FIRST_ID, SECOND_ID]) == {SECOND_ID: ["+15550100001"]}
