@@ -141,7 +141,7 @@ def one_run(scenario: str, server: PostgresServer, sf: Salesforce, ch: Charles, 
 
 
 def capacity(pipelines: int, server: PostgresServer, sf: Salesforce, ch: Charles, workdir: Path, window_s: float) -> dict[str, Any]:
-    """One replica leading ``pipelines`` idle pipelines: resident memory and CPU share once they caught up."""
+    """Measure one replica leading ``pipelines`` idle pipelines: resident memory and CPU share once they caught up."""
     server.admin_sql(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
     server.create_database(DATABASE)
     ch.reset(latency_s=0.0)

@@ -50,7 +50,7 @@ def _chosen_pipeline() -> str | None:
 
 
 def _settings() -> Settings:
-    """The chosen pipeline's settings (--pipeline), or the only pipeline's."""
+    """Load the settings of the pipeline chosen with --pipeline, or of the only one configured."""
     try:
         settings = load_settings(pipeline=_chosen_pipeline())
     except ConfigurationError as exc:
@@ -61,7 +61,7 @@ def _settings() -> Settings:
 
 
 def _all_settings() -> list[Settings]:
-    """Every configured pipeline's settings, or only the one chosen with --pipeline."""
+    """Load the settings of every configured pipeline, or only of the one chosen with --pipeline."""
     chosen = _chosen_pipeline()
     if chosen is not None:
         return [_settings()]
@@ -113,15 +113,8 @@ def _with_app(action: Callable[[Any], int], *, stop_on_signals: bool = False, ex
     try:
         with _leading(app) if exclusive else contextlib.nullcontext():
             code = action(app)
-    except StateLocked as exc:
-        log.error("state.locked", error=str(exc))
-        click.echo(f"sfcharles: {exc}", err=True)
-        code = EXIT_LOCKED
-    except ConfigurationError as exc:
-        _fail_configuration(exc)
     except ConnectorError as exc:
-        log.error("cli.command_failed", error_type=exc.__class__.__name__, error=str(exc))
-        code = EXIT_FAILED
+        code = _exit_code_for(exc)
     finally:
         app.close()
     sys.exit(code)
@@ -181,6 +174,18 @@ def _leading(app: Any) -> Any:
             coordinator.release(grant)
     finally:
         coordinator.close()
+
+
+def _exit_code_for(exc: ConnectorError) -> int:
+    """Log a command's error and return its exit code. A configuration error exits with code 2 at once."""
+    if isinstance(exc, StateLocked):
+        log.error("state.locked", error=str(exc))
+        click.echo(f"sfcharles: {exc}", err=True)
+        return EXIT_LOCKED
+    if isinstance(exc, ConfigurationError):
+        _fail_configuration(exc)
+    log.error("cli.command_failed", error_type=exc.__class__.__name__, error=str(exc))
+    return EXIT_FAILED
 
 
 def _exit_code(report: CycleReport) -> int:
@@ -256,15 +261,8 @@ def run() -> NoReturn:
                     reconnect=coordinator.connect if replicated else None,
                 )
                 code = supervisor.run()
-    except StateLocked as exc:
-        log.error("state.locked", error=str(exc))
-        click.echo(f"sfcharles: {exc}", err=True)
-        code = EXIT_LOCKED
-    except ConfigurationError as exc:
-        _fail_configuration(exc)
     except ConnectorError as exc:
-        log.error("cli.command_failed", error_type=exc.__class__.__name__, error=str(exc))
-        code = EXIT_FAILED
+        code = _exit_code_for(exc)
     finally:
         for app in apps:
             app.close()
@@ -400,7 +398,8 @@ def status(as_json: bool, cycles: int) -> None:
         infos = []
         for settings in pipelines:
             info = _status_info(store, settings.pipeline, cycles)
-            info["held_by"] = held.get(settings.pipeline) if store.dialect == "postgresql" else "this host's sfcharles process, when it runs"
+            # Only replicas on PostgreSQL have a holder to show; a SQLite store has one process.
+            info["held_by"] = held.get(settings.pipeline) if store.dialect == "postgresql" else None
             infos.append(info)
     finally:
         store.close()
@@ -418,7 +417,8 @@ def _print_status(info: dict[str, Any]) -> None:
     usage = info["salesforce_api"]
     click.echo(f"pipeline:          {info['pipeline']}")
     click.echo(f"state store:       {info['state_store']}")
-    click.echo(f"run by:            {info['held_by'] or '(no replica: waiting for one to take it)'}")
+    if info["state_store"].startswith("postgresql"):
+        click.echo(f"run by:            {info['held_by'] or '(no replica: waiting for one to take it)'}")
     click.echo(f"watermark:         {info['watermark'] or '(none: the next cycle reads everything)'}")
     click.echo(f"watermark lag:     {_seconds(info['watermark_lag_s'])} behind Salesforce at the last cycle")
     click.echo(f"last success:      {info['last_success_at'] or '-'}")

@@ -50,12 +50,16 @@ def acquire_eventually(coordinator: PostgresCoordinator, pipeline: str) -> Grant
 def test_one_holder_per_pipeline_and_a_clean_handover(coordinator: Callable[..., PostgresCoordinator]) -> None:
     a, b = coordinator("replica-a"), coordinator("replica-b")
     grant = a.try_acquire("contacts")
-    assert grant is not None and grant.epoch == 1 and grant.wait_s == 0
+    assert grant is not None
+    assert grant.epoch == 1
+    assert grant.wait_s == 0
     assert b.try_acquire("contacts") is None
     a.release(grant)
     taken = b.try_acquire("contacts")
     # Handed back cleanly: the new holder need not wait, and the epoch moved on.
-    assert taken is not None and taken.epoch == 2 and taken.wait_s == 0
+    assert taken is not None
+    assert taken.epoch == 2
+    assert taken.wait_s == 0
 
 
 def test_a_dead_holder_is_replaced_after_a_lease(coordinator: Callable[..., PostgresCoordinator]) -> None:
@@ -63,7 +67,8 @@ def test_a_dead_holder_is_replaced_after_a_lease(coordinator: Callable[..., Post
     assert a.try_acquire("contacts") is not None
     a.close()  # the session ends without handing the pipeline back, as when the process dies
     taken = acquire_eventually(b, "contacts")
-    assert taken is not None and taken.epoch == 2
+    assert taken is not None
+    assert taken.epoch == 2
     assert taken.wait_s == 3.0
 
 
@@ -109,7 +114,8 @@ def test_terminated_lock_connection_stops_the_holder(
     # After reconnecting it may lead again, under a new epoch; the old grant stays void.
     a.connect()
     again = a.try_acquire("contacts")
-    assert again is not None and again.epoch == grant.epoch + 1
+    assert again is not None
+    assert again.epoch == grant.epoch + 1
     with pytest.raises(LeadershipLost):
         a.check(grant)
 
@@ -164,7 +170,8 @@ def test_leader_election_needs_postgresql(tmp_path: object) -> None:
 def test_local_coordinator_grants_everything_at_once() -> None:
     local = LocalCoordinator("host-1")
     grant = local.try_acquire("contacts")
-    assert grant is not None and grant.wait_s == 0
+    assert grant is not None
+    assert grant.wait_s == 0
     local.check(grant)
 
 

@@ -44,7 +44,8 @@ def test_pipelines_inherit_top_level_values_and_override_them(tmp_path: Path) ->
     assert eu.charles_api_key.get_secret_value() == "eu-charles-key-value"
     assert us.charles_api_key.get_secret_value() == SECRET
     assert (eu.poll_interval_s, us.poll_interval_s) == (30, 120)
-    assert us.salesforce_client_id == "us-client" and eu.salesforce_client_id == "client-id"
+    assert us.salesforce_client_id == "us-client"
+    assert eu.salesforce_client_id == "client-id"
     assert eu.charles_max_in_flight == us.charles_max_in_flight == 16
     assert eu.default_region == us.default_region == "US"
 
@@ -58,7 +59,8 @@ def test_environment_overrides_one_pipeline(tmp_path: Path) -> None:
         "SFCHARLES_PIPELINES__EU_CONTACTS__CHARLES_API_KEY": "from-environment-key",
     }
     eu, us = load_pipelines(environ)
-    assert us.poll_interval_s == 45 and eu.poll_interval_s == 30
+    assert us.poll_interval_s == 45
+    assert eu.poll_interval_s == 30
     assert eu.charles_api_key.get_secret_value() == "from-environment-key"
 
 
