@@ -355,7 +355,7 @@ def backfill(since: datetime | None, until: datetime | None, force: bool, restar
 
 @main.command()
 def check() -> NoReturn:
-    """Check settings, Salesforce credentials, and the field map against Salesforce's describe."""
+    """Check settings, Salesforce credentials, and the field map against Salesforce's describe, for every pipeline."""
 
     def action(app: Any) -> int:
         app.source.login()
@@ -375,10 +375,34 @@ def check() -> NoReturn:
         }
         log.info("check.completed", **result)
         if problems:
-            click.echo("sfcharles: field map does not match Salesforce:\n" + "\n".join(f"  - {p}" for p in problems), err=True)
+            click.echo(f"sfcharles: {prefix}field map does not match Salesforce:\n" + "\n".join(f"  - {p}" for p in problems), err=True)
         return EXIT_OK if not problems else EXIT_CONFIG
 
-    _with_app(action)
+    import structlog
+
+    from connector.app import App
+
+    pipelines = _all_settings()
+    code = EXIT_OK
+    for settings in pipelines:
+        # With several pipelines, each is checked and a problem names its pipeline.
+        prefix = f"pipeline {settings.pipeline}: " if len(pipelines) > 1 else ""
+        with structlog.contextvars.bound_contextvars(pipeline=settings.pipeline):
+            app = None
+            try:
+                app = App.build(settings)
+                code = max(code, action(app))
+            except ConfigurationError as exc:
+                log.error("config.invalid", error=str(exc))
+                click.echo(f"sfcharles: {prefix}{exc}", err=True)
+                code = max(code, EXIT_CONFIG)
+            except ConnectorError as exc:
+                log.error("cli.command_failed", error_type=exc.__class__.__name__, error=str(exc))
+                code = max(code, EXIT_FAILED)
+            finally:
+                if app is not None:
+                    app.close()
+    sys.exit(code)
 
 
 @main.command()

@@ -22,7 +22,7 @@ import pytest
 from connector.emulators.charles import CharlesEmulator
 from connector.leader import holders
 from connector.state import StateStore
-from tests.conftest import CHARLES_KEY, ROOT, run_cli
+from tests.conftest import CHARLES_KEY, ROOT, json_lines, run_cli
 from tests.postgres import PostgresServer
 
 HEARTBEAT_S = 0.5
@@ -261,3 +261,18 @@ def test_one_process_runs_every_pipeline_on_sqlite(
     assert all(line["status"] == "succeeded" for line in completed)
     # Both pipelines sent the same contacts: each pipeline keeps its own state.
     assert len(charles.upserts) == 2 * len({body["external_reference_id"] for body in charles.upserts})
+
+
+def test_check_covers_every_pipeline(env: dict[str, str], tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text((ROOT / "field_maps" / "contact.yaml").read_text().replace("MobilePhone", "CellPhone__c"))
+    config = tmp_path / "pipelines.toml"
+    config.write_text(f'[pipelines.good]\n\n[pipelines.broken]\nfield_map = "{broken}"\n')
+
+    result = run_cli(["check"], {**env, "SFCHARLES_CONFIG_FILE": str(config), "SFCHARLES_LOG_FORMAT": "json"})
+
+    assert result.returncode == 2
+    assert "pipeline broken: field map does not match Salesforce" in result.stderr
+    assert "CellPhone__c" in result.stderr
+    completed = {line["pipeline"]: line["field_map"] for line in json_lines(result.stdout) if line.get("event") == "check.completed"}
+    assert completed == {"good": "ok", "broken": "invalid"}
