@@ -252,8 +252,9 @@ class CharlesSink:
             raise _RetryableStatus(response.status_code, parse_retry_after(response.headers.get("Retry-After")))
         if action is Action.STOP:
             self._rejected_key = ConfigurationError(
-                f"Charles rejected the API key (HTTP {response.status_code}) at {self._settings.charles_base_url}; "
-                "check SFCHARLES_CHARLES_API_KEY and SFCHARLES_CHARLES_BASE_URL"
+                f"Charles rejected the API key (HTTP {response.status_code}) at {self._settings.charles_base_url}"
+                f" for pipeline {self._settings.pipeline}; check that pipeline's charles_api_key and charles_base_url"
+                " (SFCHARLES_CHARLES_API_KEY and SFCHARLES_CHARLES_BASE_URL for a single pipeline)"
             )
             raise self._rejected_key
         if action is Action.REJECT_RECORD:

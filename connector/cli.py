@@ -57,6 +57,7 @@ def _settings() -> Settings:
         configure_logging()
         _fail_configuration(exc)
     configure_logging(settings.log_level, settings.log_format, settings.log_event_key)
+    _register_secrets([settings])
     return settings
 
 
@@ -72,7 +73,16 @@ def _all_settings() -> list[Settings]:
         _fail_configuration(exc)
     first = pipelines[0]
     configure_logging(first.log_level, first.log_format, first.log_event_key)
+    _register_secrets(pipelines)
     return pipelines
+
+
+def _register_secrets(pipelines: list[Settings]) -> None:
+    """Scrub every pipeline's secrets from log lines, also in commands that build no App."""
+    from connector.app import register_settings_secrets
+
+    for settings in pipelines:
+        register_settings_secrets(settings)
 
 
 def _open_store(settings: Settings) -> Any:
@@ -450,11 +460,16 @@ def _print_status(info: dict[str, Any]) -> None:
     usage_text = "-" if usage is None else f"{usage['used']} of {usage['limit']} daily requests used"
     click.echo(f"Salesforce API:    {usage_text}")
     click.echo("recent cycles:")
-    click.echo(f"  {'started':<25} {'mode':<11} {'status':<11} {'fetched':>8} {'pushed':>7} {'unchanged':>9} {'skipped':>7} {'failed':>6} {'seconds':>8}")
+    click.echo(
+        f"  {'started':<25} {'mode':<11} {'status':<11} {'fetched':>8} {'pushed':>7} {'unchanged':>9} {'reread':>7} "
+        f"{'skipped':>7} {'failed':>6} {'seconds':>8}"
+    )
     for cycle in info["recent_cycles"]:
+        # A running or abandoned cycle has no summary yet, so its summary fields are None.
         click.echo(
             f"  {cycle['started_at']:<25} {cycle['mode']:<11} {cycle['status']:<11} {cycle['fetched']:>8} {cycle['pushed']:>7} "
-            f"{cycle.get('unchanged', 0):>9} {cycle['skipped']:>7} {cycle['failed']:>6} {_seconds(cycle.get('duration_s')):>8}"
+            f"{cycle.get('unchanged') or 0:>9} {cycle.get('reread') or 0:>7} {cycle['skipped']:>7} {cycle['failed']:>6} "
+            f"{_seconds(cycle.get('duration_s')):>8}"
         )
 
 
@@ -614,7 +629,9 @@ def state_rewind(to: datetime) -> None:
     try:
         before = store.get_watermark(settings.pipeline)
         store.set_watermark(settings.pipeline, Watermark.start_of(to))
-        log.info("state.watermark_set", before=None if before is None else str(before), after=str(Watermark.start_of(to)))
+        log.info(
+            "state.watermark_set", pipeline=settings.pipeline, before=None if before is None else str(before), after=str(Watermark.start_of(to))
+        )
     finally:
         store.close()
 

@@ -45,6 +45,19 @@ PROCESS_FIELDS = frozenset({
 PIPELINES_KEY = "pipelines"
 PIPELINE_ENV_PREFIX = f"{ENV_PREFIX}PIPELINES__"
 _PIPELINE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# Put in place of a secret that the config file contained, which is already reported as a problem.
+_REJECTED_SECRET = "rejected: a secret in the config file"
+
+
+def state_url_has_password(url: str) -> bool:
+    """Return whether a database URL contains a password, in its user part or as a query parameter."""
+    _scheme, separator, rest = url.partition("://")
+    if not separator:
+        return False
+    authority = rest.split("/", 1)[0]
+    query = rest.partition("?")[2]
+    has_user_password = "@" in authority and ":" in authority.rsplit("@", 1)[0]
+    return has_user_password or any(part.split("=", 1)[0] in ("password", "sslpassword") for part in query.split("&"))
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 
 # Hints appended to "missing" errors: what the value is and what to set it to.
@@ -152,6 +165,17 @@ class Settings(BaseModel):
     def _secret_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().strip():
             raise ValueError("is empty; give the secret itself, or a *_FILE path to a file that contains it")
+        return value
+
+    @field_validator("state_url")
+    @classmethod
+    def _state_url_unambiguous(cls, value: str) -> str:
+        # An unencoded "@" in the password moves the host into it, and psycopg would then look
+        # up a host name made of the rest of the password. The value is not echoed: it may
+        # contain that password.
+        _scheme, separator, rest = value.partition("://")
+        if separator and rest.split("/", 1)[0].count("@") > 1:
+            raise ValueError("contains '@' more than once before the host; percent-encode an '@' in the user or password as %40")
         return value
 
     @field_validator("log_level", mode="before")
@@ -301,8 +325,31 @@ def load_pipelines(environ: Mapping[str, str] | None = None) -> list[Settings]:
             if settings is not None:
                 results.append(settings)
     if problems:
-        raise ConfigurationError(_format_problems(problems))
+        raise ConfigurationError(_format_problems(_merge_pipeline_problems(problems, list(tables))))
     return results
+
+
+def _merge_pipeline_problems(problems: list[str], pipelines: list[str]) -> list[str]:
+    """Report once, without the pipeline's name, a problem that every pipeline has: a process setting or a shared default."""
+    if len(pipelines) < 2:
+        return problems
+    prefixes = [f"pipeline {name}: " for name in pipelines]
+    counts: dict[str, int] = {}
+    for problem in problems:
+        for prefix in prefixes:
+            if problem.startswith(prefix):
+                rest = problem[len(prefix):]
+                counts[rest] = counts.get(rest, 0) + 1
+    merged: list[str] = []
+    for problem in problems:
+        prefix = next((prefix for prefix in prefixes if problem.startswith(prefix)), None)
+        rest = None if prefix is None else problem[len(prefix):]
+        if rest is not None and counts.get(rest) == len(pipelines):
+            if rest not in merged:
+                merged.append(rest)
+            continue
+        merged.append(problem)
+    return merged
 
 
 def _validate(values: dict[str, Any], sources: dict[str, str], problems: list[str], *, prefix: str) -> Settings | None:
@@ -475,16 +522,22 @@ def _add_file_value(
     flat: dict[str, Any], field: str, value: Any, key: str, path: Path, problems: list[str], *, in_pipeline: bool
 ) -> None:
     known = set(Settings.model_fields)
-    if in_pipeline and field.endswith("_file") and field[: -len("_file")] in SECRET_FIELDS:
-        # A pipeline's secret is read from the file that this key names.
+    if field.endswith("_file") and field[: -len("_file")] in SECRET_FIELDS:
+        # The secret is read from the file that this key names; the path is no secret.
         content = _read_file_value(f"{path}: key {key}", str(value), problems)
         if content is not None:
             flat[field[: -len("_file")]] = content
     elif field not in known:
         problems.append(f"{path}: unknown key {key!r}; check its spelling against the configuration table in README.md")
     elif field in SECRET_FIELDS:
-        hint = f"{key}_file naming a file that contains it" if in_pipeline else f"{variable_name(field)} or {variable_name(field)}_FILE"
-        problems.append(f"{path}: key {key!r} holds a secret; set {hint} instead")
+        hint = f"{key}_file naming a file that contains it" if in_pipeline else f"{key}_file, {variable_name(field)} or {variable_name(field)}_FILE"
+        problems.append(f"{path}: key {key!r} contains a secret; set {hint} instead")
+        # A stand-in keeps the pipeline from also being reported as missing the secret.
+        flat[field] = _REJECTED_SECRET
+    elif field == "state_url" and isinstance(value, str) and state_url_has_password(value):
+        problems.append(
+            f"{path}: key {key!r} contains a database password; set {variable_name(field)} or {variable_name(field)}_FILE instead"
+        )
     elif in_pipeline and (field in PROCESS_FIELDS or field == "pipeline"):
         what = "the table's name is the pipeline's name" if field == "pipeline" else "it is one value for the whole process"
         problems.append(f"{path}: key {key!r} cannot be set per pipeline: {what}; set it at the top level")

@@ -222,12 +222,30 @@ class StateLocked(ConnectorError):
     """Another connector process is writing to the same state store."""
 
 
+# Query parameters of a database URL whose values are secrets, as libpq names them.
+_SECRET_QUERY_KEYS = frozenset({"password", "sslpassword"})
+SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+
+
 def state_url_password(url: str) -> str | None:
-    """The password in a state store URL, if any, so that logs can redact it."""
+    """Return the password in a state store URL, from its user part or its query, so that logs can redact it."""
     try:
-        return sa.engine.make_url(url).password
+        parsed = sa.engine.make_url(url)
     except (SQLAlchemyError, ValueError):
         return None
+    if parsed.password:
+        return str(parsed.password)
+    for key in _SECRET_QUERY_KEYS:
+        value = parsed.query.get(key)
+        if value:
+            return value if isinstance(value, str) else value[0]
+    return None
+
+
+def safe_url(url: sa.engine.URL) -> str:
+    """Render a database URL with its password masked, also where it is a query parameter."""
+    masked = {key: "***" for key in url.query if key in _SECRET_QUERY_KEYS}
+    return url.update_query_dict(masked).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
 
 
 def base_pipeline(name: str) -> str:
@@ -262,9 +280,14 @@ class StateStore:
                 f"SFCHARLES_STATE_URL: not a database URL ({exc.__class__.__name__}); use sqlite:///path/to/state.db "
                 "or postgresql+psycopg://user:password@host:5432/database"
             ) from None
+        if parsed.get_backend_name() not in SUPPORTED_BACKENDS:
+            raise ConfigurationError(
+                f"SFCHARLES_STATE_URL: {safe_url(parsed)!r} is not supported; use sqlite:///path/to/state.db, "
+                "or postgresql+psycopg://user:password@host:5432/database for replicas"
+            )
         if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() != "psycopg":
             raise ConfigurationError(
-                f"SFCHARLES_STATE_URL: {parsed.render_as_string(hide_password=True)!r} uses the driver "
+                f"SFCHARLES_STATE_URL: {safe_url(parsed)!r} uses the driver "
                 f"{parsed.get_driver_name()!r}; write postgresql+psycopg:// (psycopg 3 is the driver installed)"
             )
         options: dict[str, Any] = {}
@@ -274,7 +297,7 @@ class StateStore:
         try:
             self._engine: Engine = sa.create_engine(parsed, future=True, **options)
         except (SQLAlchemyError, ValueError, ImportError) as exc:
-            raise ConfigurationError(f"SFCHARLES_STATE_URL: cannot use {parsed.render_as_string(hide_password=True)!r}: {exc}") from None
+            raise ConfigurationError(f"SFCHARLES_STATE_URL: cannot use {safe_url(parsed)!r}: {exc}") from None
         if self._engine.dialect.name == "sqlite":
             sa.event.listen(self._engine, "connect", _sqlite_pragmas)
         self._migrate()
@@ -329,15 +352,16 @@ class StateStore:
                     conn.execute(schema_info.update().where(schema_info.c.key == "schema_version").values(value=str(target)))
         except sa.exc.OperationalError as exc:
             # The database cannot be reached or opened: a wrong path, host or credentials.
-            raise ConfigurationError(
-                f"SFCHARLES_STATE_URL: cannot open the state store {self.describe()}: {exc.orig}; "
-                "check that the path or server exists and is writable"
-            ) from None
+            if self._engine.dialect.name == "sqlite":
+                fix = "check that the file's folder exists and is writable"
+            else:
+                fix = "check the host, port, database name, user and password, and that the server accepts connections from here"
+            raise ConfigurationError(f"SFCHARLES_STATE_URL: cannot open the state store {self.describe()}: {exc.orig}; {fix}") from None
         except SQLAlchemyError as exc:
             raise FatalError(f"state store {self.describe()}: cannot open or migrate it: {exc.__class__.__name__}: {exc}") from exc
 
     def describe(self) -> str:
-        return self._engine.url.render_as_string(hide_password=True)
+        return safe_url(self._engine.url)
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:

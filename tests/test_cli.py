@@ -157,6 +157,23 @@ def test_status_table_readable(env) -> None:
     assert "dead letters:      0" in result.stdout
 
 
+def test_status_shows_running_cycle(env) -> None:
+    from connector.state import StateStore
+
+    assert run_cli(["sync"], env).returncode == 0
+    store = StateStore(env["SFCHARLES_STATE_URL"])
+    try:
+        store.start_cycle("cycle-in-progress", "contacts", "backfill", None)
+    finally:
+        store.close()
+
+    result = run_cli(["status"], env)
+
+    assert result.returncode == 0, result.stderr
+    assert "running" in result.stdout
+    assert "reread" in result.stdout
+
+
 def test_unopenable_state_store_exits_2(env, tmp_path) -> None:
     settings = {**env, "SFCHARLES_STATE_URL": f"sqlite:///{tmp_path / 'missing-dir' / 'state.db'}"}
 

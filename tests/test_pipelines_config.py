@@ -89,7 +89,7 @@ colour = "blue"
     with pytest.raises(ConfigurationError) as info:
         load_pipelines({**BASE, "SFCHARLES_CONFIG_FILE": str(config), "SFCHARLES_PIPELINES__ASIA__POLL_INTERVAL_S": "5"})
     message = str(info.value)
-    assert "key 'pipelines.eu.charles_api_key' holds a secret; set pipelines.eu.charles_api_key_file" in message
+    assert "key 'pipelines.eu.charles_api_key' contains a secret; set pipelines.eu.charles_api_key_file" in message
     assert "inline-secret-value" not in message
     assert "key 'pipelines.eu.state_url' cannot be set per pipeline" in message
     assert f"pipeline eu: {config}: key pipelines.eu.poll_interval_s: Input should be greater than or equal to 1" in message
@@ -130,3 +130,60 @@ def test_replica_settings(tmp_path: Path) -> None:
     assert "SFCHARLES_LEADER_LEASE_S (3.0) must be at least twice SFCHARLES_LEADER_HEARTBEAT_S (2.0)" in message
     message = str(pytest.raises(ConfigurationError, load_settings, {**BASE, "SFCHARLES_REPLICA_ID": "no spaces"}).value)
     assert "SFCHARLES_REPLICA_ID" in message
+
+
+def test_inline_secret_reported_once(tmp_path: Path) -> None:
+    config = write_config(tmp_path, '[pipelines.eu]\nsalesforce_client_secret = "inline-secret-value"\n')
+    environ = {key: value for key, value in BASE.items() if key != "SFCHARLES_SALESFORCE_CLIENT_SECRET"}
+
+    message = str(pytest.raises(ConfigurationError, load_pipelines, {**environ, "SFCHARLES_CONFIG_FILE": str(config)}).value)
+
+    assert "contains a secret" in message
+    assert "needs SFCHARLES_SALESFORCE_CLIENT_SECRET" not in message
+    assert "(1 problem)" in message
+
+
+def test_top_level_secret_file_is_every_pipelines_default(tmp_path: Path) -> None:
+    key_file = tmp_path / "shared.key"
+    key_file.write_text("shared-charles-key-value\n")
+    config = write_config(tmp_path, f'charles_api_key_file = "{key_file}"\n[pipelines.eu]\n[pipelines.us]\n')
+    environ = {key: value for key, value in BASE.items() if key != "SFCHARLES_CHARLES_API_KEY"}
+
+    eu, us = load_pipelines({**environ, "SFCHARLES_CONFIG_FILE": str(config)})
+
+    assert eu.charles_api_key.get_secret_value() == "shared-charles-key-value"
+    assert us.charles_api_key.get_secret_value() == "shared-charles-key-value"
+
+
+def test_process_problem_reported_once(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "leader_heartbeat_s = 2\nleader_lease_s = 3\n[pipelines.eu]\n[pipelines.us]\n")
+
+    message = str(pytest.raises(ConfigurationError, load_pipelines, {**BASE, "SFCHARLES_CONFIG_FILE": str(config)}).value)
+
+    assert message.count("must be at least twice") == 1
+    assert "pipeline eu:" not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://sfcharles:db-pass-value@db.internal/sfcharles",
+        "postgresql+psycopg://db.internal/sfcharles?user=sfcharles&password=db-pass-value",
+    ],
+)
+def test_state_url_password_not_in_config_file(tmp_path: Path, url: str) -> None:
+    config = write_config(tmp_path, f'state_url = "{url}"\n')
+
+    message = str(pytest.raises(ConfigurationError, load_pipelines, {**BASE, "SFCHARLES_CONFIG_FILE": str(config)}).value)
+
+    assert "key 'state_url' contains a database password; set SFCHARLES_STATE_URL or SFCHARLES_STATE_URL_FILE" in message
+    assert "db-pass-value" not in message
+
+
+def test_state_url_with_unencoded_at_rejected() -> None:
+    environ = {**BASE, "SFCHARLES_STATE_URL": "postgresql+psycopg://sfc:Leak@Pw9@127.0.0.1:5432/sfc"}
+
+    message = str(pytest.raises(ConfigurationError, load_settings, environ).value)
+
+    assert "percent-encode an '@'" in message
+    assert "Pw9" not in message

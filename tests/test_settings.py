@@ -111,7 +111,7 @@ def test_config_file_refuses_secrets(tmp_path: Path) -> None:
     config = tmp_path / "connector.toml"
     config.write_text('[charles]\napi_key = "in-a-file"\n')
     message = problems_of({**BASE, "SFCHARLES_CONFIG_FILE": str(config)})
-    assert "holds a secret" in message
+    assert "contains a secret" in message
     assert "in-a-file" not in message
 
 

@@ -5,7 +5,7 @@ import sqlalchemy as sa
 
 from connector.cursor import Watermark
 from connector.errors import ConfigurationError, CursorOrderError
-from connector.state import SCHEMA_VERSION, Handled, KeyChange, SetAside, StateStore
+from connector.state import SCHEMA_VERSION, Handled, KeyChange, SetAside, StateStore, safe_url, state_url_password
 
 FIRST_ID = "003000000000001AAA"
 SECOND_ID = "003000000000002AAA"
@@ -152,3 +152,18 @@ def test_claim_moves_key_to_new_record(store: StateStore) -> None:
     store.claim_keys("contacts", [("+15550100001", SECOND_ID)])
     assert store.key_owners("contacts", ["+15550100001"]) == {"+15550100001": SECOND_ID}
     assert store.active_keys("contacts", [FIRST_ID, SECOND_ID]) == {SECOND_ID: ["+15550100001"]}
+
+
+def test_store_description_masks_query_password() -> None:
+    url = sa.engine.make_url("postgresql+psycopg://127.0.0.1:5432/sfc?user=sfc&password=query-pass-value")
+
+    shown = safe_url(url)
+
+    assert "query-pass-value" not in shown
+    assert "password=***" in shown
+    assert state_url_password(str(url.render_as_string(hide_password=False))) == "query-pass-value"
+
+
+def test_unsupported_database_named() -> None:
+    with pytest.raises(ConfigurationError, match="'mysql://u:\\*\\*\\*@h/db' is not supported; use sqlite:///"):
+        StateStore("mysql://u:secret-value@h/db")
