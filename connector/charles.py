@@ -145,6 +145,19 @@ class RateLimiter:
             self._sleep(slot - now)
 
 
+def queued_upserts(in_flight: int) -> int:
+    """Return how many upserts may wait for a free worker beyond the ``in_flight`` open ones.
+
+    The cycle's thread maps and decides records, and writes checkpoints, between its
+    submits. Queued upserts replace finished requests meanwhile, so the open requests
+    stay at ``in_flight`` through those pauses.
+
+    NOTE: when Charles is down, the cycle waits for the queued upserts' retries as well
+    before it stops, so it gives up after up to twice the retry time of one round.
+    """
+    return in_flight
+
+
 class CharlesSink:
     """Pushes contact upserts with at most ``max_in_flight`` requests open at once."""
 
@@ -164,7 +177,8 @@ class CharlesSink:
             # else goes through the retry loop in upsert().
             transport=transport or httpx.HTTPTransport(retries=1, verify=verify, limits=limits),
         )
-        self._slots = threading.BoundedSemaphore(in_flight)
+        # A slot is an upsert submitted and not finished: open, or queued for a free worker.
+        self._slots = threading.BoundedSemaphore(in_flight + queued_upserts(in_flight))
         self._rate = RateLimiter(settings.charles_max_rps)
         self._rejected_key: ConfigurationError | None = None
         self._executor = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="charles-push")
@@ -180,7 +194,7 @@ class CharlesSink:
         self._rejected_key = None
 
     def submit(self, record_id: str, payload: dict[str, Any]) -> Future[PushResult]:
-        """Queue one upsert; blocks while ``max_in_flight`` upserts are already open.
+        """Queue one upsert; blocks while ``max_in_flight`` upserts are open and as many more are queued.
 
         After Charles rejected the API key, raises that error instead of sending more.
         """

@@ -12,6 +12,7 @@ never the value.
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -49,6 +50,12 @@ class Skipped:
     record_id: str
     reason: SkipReason
     detail: str
+
+
+# One compiled map entry: the strings it yields for a record, from the first field that gives any.
+_Extract = Callable[["_RecordContext"], list[str]]
+# A transform with its options bound: one raw value, and the record it came from, to a Converted.
+_Convert = Callable[[Any, "_RecordContext"], Converted]
 
 
 @dataclass(frozen=True)
@@ -160,6 +167,7 @@ class FieldMap:
             extra = TagSpec.model_validate({"from": tags_field})
             self._tags.append(_target("SFCHARLES_TAGS_FIELD", (), extra, "tags"))
         self._uses = self._field_uses()
+        self._compile()
 
     @property
     def object_name(self) -> str:
@@ -246,6 +254,7 @@ class FieldMap:
             if problem:
                 problems.append(f"{self._position(f'where.{name}', ('where', name))}: {problem}")
         self._unavailable = frozenset(unavailable)
+        self._compile()
         if all(name in unavailable for name in self.spec.identity.source):
             problems.append(
                 f"{self._position('identity.from', ('identity', 'from'))}: none of the identity fields exists on "
@@ -282,29 +291,29 @@ class FieldMap:
             return identity
         payload: dict[str, Any] = {"external_reference_id": identity, "source_type": SOURCE_TYPE}
 
-        for target in self._names:
-            values = self._values(target, context)
+        for output, extract in self._compiled_names:
+            values = extract(context)
             if values:
-                payload[target.output] = values[0]
+                payload[output] = values[0]
 
-        phones = self._contact_points(self._phones, context, fold=False)
+        phones = _contact_points(self._compiled_phones, context, fold=False)
         if phones:
             payload["phone_numbers"] = phones
-        emails = self._contact_points(self._emails, context, fold=True)
+        emails = _contact_points(self._compiled_emails, context, fold=True)
         if emails:
             payload["email_addresses"] = emails
 
         properties = {}
-        for target in self._properties:
-            values = self._values(target, context)
+        for output, extract in self._compiled_properties:
+            values = extract(context)
             if values:
-                properties[target.output] = values[0]
+                properties[output] = values[0]
         if properties:
             payload["custom_properties"] = properties
 
         tags: dict[str, None] = {}
-        for target in self._tags:
-            tags.update(dict.fromkeys(self._values(target, context)))
+        for _output, extract in self._compiled_tags:
+            tags.update(dict.fromkeys(extract(context)))
         if tags:
             payload["tags"] = list(tags)
         return Mapped(record_id, payload, tuple(context.notes))
@@ -312,9 +321,9 @@ class FieldMap:
     def _identity(self, context: _RecordContext, record_id: str) -> str | Skipped:
         region = context.region(self._identity_countries)
         first_problem: tuple[str, Converted] | None = None
-        available = [name for name in self.spec.identity.source if name not in self._unavailable]
-        for name in available:
-            converted = context.phone(context.read(name), region, "phone")
+        available = self._identity_fields
+        for name, read in self._identity_readers:
+            converted = context.phone(read(context.record), region, "phone")
             if converted.values:
                 return converted.values[0]
             if converted.problem:
@@ -327,17 +336,109 @@ class FieldMap:
         name, converted = first_problem
         return Skipped(record_id, converted.phone_problem or "phone_invalid", f"{name}: {converted.problem}")
 
-    def _contact_points(self, targets: list[_Target], context: _RecordContext, *, fold: bool) -> list[dict[str, str]]:
-        """Return ``{type, value}`` entries, dropping repeats of a value (case-insensitively when ``fold``)."""
-        points: list[dict[str, str]] = []
-        seen: set[str] = set()
-        for target in targets:
-            for value in self._values(target, context):
-                key = value.casefold() if fold else value
-                if key not in seen:
-                    seen.add(key)
-                    points.append({"type": target.output, "value": value})
-        return points
+    # ------------------------------------------------------------------ compiling the map
+
+    def _compile(self) -> None:
+        """Build one extract function per map entry, for the fields this org has.
+
+        ``apply`` then runs a flat list of functions: the checks of the entry's spec (its
+        transform, template, labels and the fields that exist) are made here once instead
+        of once per record. ``check_against`` compiles again after it drops fields.
+        """
+        self._identity_fields = [name for name in self.spec.identity.source if name not in self._unavailable]
+        self._identity_readers = [(name, _field_reader(name)) for name in self._identity_fields]
+        self._compiled_names = [(target.output, self._compile_target(target)) for target in self._names]
+        self._compiled_phones = [(target.output, self._compile_target(target)) for target in self._phones]
+        self._compiled_emails = [(target.output, self._compile_target(target)) for target in self._emails]
+        self._compiled_properties = [(target.output, self._compile_target(target)) for target in self._properties]
+        self._compiled_tags = [(target.output, self._compile_target(target)) for target in self._tags]
+
+    def _compile_target(self, target: _Target) -> _Extract:
+        """Return the function that does what ``_values`` does for ``target``."""
+        spec = target.spec
+        if spec.value is not None:
+            constant = spec.value
+            return lambda _context: [constant]
+        if spec.template is not None:
+            return lambda context: self._values(target, context)
+
+        key = target.key
+        readers = [(name, _field_reader(name)) for name in spec.source or () if name not in self._unavailable]
+        label = self._labeler(target)
+        if spec.transform == "text":
+
+            def extract_text(context: _RecordContext) -> list[str]:
+                record = context.record
+                for field_name, read in readers:
+                    raw = read(record)
+                    if isinstance(raw, str) and raw.isascii():
+                        # What scalar_text does to ASCII text, without building a Converted.
+                        plain = raw.strip()
+                        if plain:
+                            return [plain if label is None else label(plain)]
+                        continue
+                    converted = transforms.scalar_text(raw)
+                    if converted.problem:
+                        context.note(field_name, key, converted.problem)
+                    if converted.values:
+                        return list(converted.values) if label is None else [label(value) for value in converted.values]
+                return []
+
+            return extract_text
+
+        convert = self._converter(spec)
+
+        def extract(context: _RecordContext) -> list[str]:
+            record = context.record
+            for field_name, read in readers:
+                converted = convert(read(record), context)
+                if converted.problem:
+                    context.note(field_name, key, converted.problem)
+                if converted.values:
+                    return list(converted.values) if label is None else [label(value) for value in converted.values]
+            return []
+
+        return extract
+
+    def _converter(self, spec: ValueSpec) -> _Convert:
+        """Return ``spec``'s transform as a function of the raw value and the record; as ``_convert`` does."""
+        transform = spec.transform
+        if transform in ("phone", "phone_extension"):
+            countries = tuple(spec.country_from) if spec.country_from else self._identity_countries
+            return lambda raw, context: context.phone(raw, context.region(countries), transform)
+        if transform == "email":
+            return lambda raw, _context: transforms.to_email(raw)
+        if transform == "multipicklist":
+            split = spec.split
+            return lambda raw, _context: transforms.to_list(raw, split)
+        if transform == "boolean":
+            return lambda raw, _context: transforms.to_boolean(raw)
+        if transform == "number":
+            decimals = spec.decimals
+            return lambda raw, _context: transforms.to_number(raw, decimals)
+        if transform == "date":
+            date_format = spec.format
+            return lambda raw, _context: transforms.to_date(raw, date_format)
+        if transform == "datetime":
+            datetime_format = spec.format
+            return lambda raw, _context: transforms.to_datetime(raw, datetime_format)
+        return lambda raw, _context: transforms.scalar_text(raw)
+
+    @staticmethod
+    def _labeler(target: _Target) -> Callable[[str], str] | None:
+        """Return the function that applies the entry's value map, or None when it has none."""
+        if not target.labels:
+            return None
+        labels = target.labels
+        default = target.spec.default
+
+        def label(value: str) -> str:
+            found = labels.get(value.casefold())
+            if found is not None:
+                return found
+            return default if default is not None else value
+
+        return label
 
     def _values(self, target: _Target, context: _RecordContext) -> list[str]:
         """Return the strings one map entry yields for the record: from the first field that gives any."""
@@ -409,6 +510,36 @@ class FieldMap:
         if label is not None:
             return label
         return target.spec.default if target.spec.default is not None else value
+
+
+def _contact_points(entries: list[tuple[str, _Extract]], context: _RecordContext, *, fold: bool) -> list[dict[str, str]]:
+    """Return ``{type, value}`` entries, dropping repeats of a value (case-insensitively when ``fold``)."""
+    points: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for output, extract in entries:
+        for value in extract(context):
+            key = value.casefold() if fold else value
+            if key not in seen:
+                seen.add(key)
+                points.append({"type": output, "value": value})
+    return points
+
+
+def _field_reader(name: str) -> Callable[[dict[str, Any]], Any]:
+    """Return the function that reads field ``name`` from a record; a dotted name follows relationships."""
+    if "." not in name:
+        return lambda record: record.get(name)
+    parts = name.split(".")
+
+    def read_path(record: dict[str, Any]) -> Any:
+        value: Any = record
+        for part in parts:
+            if not isinstance(value, dict):
+                return None
+            value = value.get(part)
+        return value
+
+    return read_path
 
 
 def _target(key: str, loc: tuple[str | int, ...], spec: ValueSpec, output: str) -> _Target:

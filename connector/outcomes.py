@@ -61,6 +61,13 @@ def mask_key(key: str | None) -> str | None:
     return key[:5] + "*" * (len(key) - 7) + key[-2:]
 
 
+def handled_at_version(record: dict[str, Any], state: RecordState | None) -> bool:
+    """Return whether the store handled ``record`` at its SystemModstamp or a later one."""
+    if state is None:
+        return False
+    return parse_salesforce_datetime(state.modstamp) >= parse_salesforce_datetime(str(record["SystemModstamp"]))
+
+
 def decide(
     record: dict[str, Any],
     outcome: Mapped | Skipped,
@@ -83,7 +90,7 @@ def decide(
     modstamp = parse_salesforce_datetime(str(record["SystemModstamp"]))
     stamp = format_iso(modstamp)
 
-    if not force and state is not None and parse_salesforce_datetime(state.modstamp) >= modstamp:
+    if not force and handled_at_version(record, state):
         # Already handled at this version: a lookback re-read or a repeat after a crash.
         return Decision(record_id, stamp, "reread", kind=state.outcome)  # type: ignore[arg-type]
 
@@ -249,6 +256,7 @@ class CycleReport:
             "watermark_before": describe(self.watermark_before),
             "watermark_after": describe(self.watermark_after),
             "watermark_lag_s": self.watermark_lag_s(),
+            "window_end": None if self.window_end is None else format_iso(self.window_end),
             "salesforce_api_used": self.api_used,
             "salesforce_api_limit": self.api_limit,
             "duration_s": round(self.duration_s, 3),

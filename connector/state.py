@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from connector.cursor import Watermark, ensure_forward, format_iso
+from connector.cursor import Watermark, ensure_forward, format_iso, parse_salesforce_datetime
 from connector.errors import ConfigurationError, ConnectorError, FatalError
 
 SCHEMA_VERSION = 4
@@ -78,7 +78,7 @@ records = sa.Table(
     sa.Column("outcome", sa.String(16), nullable=False),  # delivered, skipped, deleted
     sa.Column("payload_hash", sa.String(64)),
     sa.Column("external_reference_id", sa.String(64)),
-    sa.Column("updated_at", sa.String(32), nullable=False),
+    sa.Column("updated_at", sa.String(32), nullable=False),  # when outcome, payload_hash or the key last changed
     sa.Index("ix_records_key", "pipeline", "external_reference_id"),
 )
 
@@ -139,8 +139,13 @@ def _migrate_to_3(conn: sa.Connection) -> None:
         conn.execute(sa.text("ALTER TABLE cycles ADD COLUMN summary TEXT"))
 
 
+# The latest cycles of a pipeline, for status and for the start of the next window.
+_cycles_recent = sa.Index("ix_cycles_pipeline_started", cycles.c.pipeline, cycles.c.started_at)
+
+
 def _migrate_to_4(conn: sa.Connection) -> None:
     leases.create(conn, checkfirst=True)
+    _cycles_recent.create(conn, checkfirst=True)
 
 
 # Version N is reached by running MIGRATIONS[N] on a store at version N - 1.
@@ -159,6 +164,9 @@ class RecordState:
     outcome: str
     payload_hash: str | None
     external_reference_id: str | None
+    # When the outcome, payload hash or key last changed, as format_iso text. A new version
+    # of a record whose stored payload Charles already has keeps the earlier time.
+    updated_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -216,6 +224,16 @@ class CycleRecord:
     watermark_after: str | None
     error: str | None
     summary: str | None = None
+
+
+# Rows per statement when a checkpoint or a key claim writes a batch. It stays below
+# SQLite's default limit of 999 bound parameters for the IN lists of older builds.
+BATCH_ROWS = 500
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 class StateLocked(ConnectorError):
@@ -455,7 +473,9 @@ class StateStore:
                     sa.select(records).where(records.c.pipeline == pipeline, records.c.record_id.in_(chunk))
                 ).all()
                 for row in rows:
-                    found[row.record_id] = RecordState(row.modstamp, row.outcome, row.payload_hash, row.external_reference_id)
+                    found[row.record_id] = RecordState(
+                        row.modstamp, row.outcome, row.payload_hash, row.external_reference_id, row.updated_at
+                    )
         return found
 
     def key_owners(self, pipeline: str, keys: list[str]) -> dict[str, str]:
@@ -494,27 +514,32 @@ class StateStore:
 
         A key that is retired, or active for another record, moves to the claiming record:
         the caller only claims a key another record holds when the duplicate-key policy is
-        ``reassign``.
+        ``reassign``. When one key is claimed twice, the later claim wins.
         """
         if not claims:
             return
         now = _now()
+        owners = dict(claims)  # one row per key, the last claim's record
         with self._write(pipeline) as conn:
-            for key, record_id in claims:
-                row = conn.execute(
-                    sa.select(identities.c.record_id).where(
-                        identities.c.pipeline == pipeline, identities.c.external_reference_id == key
+            for chunk in _chunks(list(owners), BATCH_ROWS):
+                existing = set(conn.execute(
+                    sa.select(identities.c.external_reference_id).where(
+                        identities.c.pipeline == pipeline, identities.c.external_reference_id.in_(chunk)
                     )
-                ).first()
-                if row is None:
-                    conn.execute(identities.insert().values(
-                        pipeline=pipeline, external_reference_id=key, record_id=record_id, claimed_at=now,
-                    ))
-                else:
+                ).scalars())
+                inserts = [
+                    {"pipeline": pipeline, "external_reference_id": key, "record_id": owners[key], "claimed_at": now}
+                    for key in chunk if key not in existing
+                ]
+                updates = [{"b_key": key, "b_record_id": owners[key]} for key in chunk if key in existing]
+                if inserts:
+                    conn.execute(identities.insert(), inserts)
+                if updates:
                     conn.execute(
                         identities.update()
-                        .where(identities.c.pipeline == pipeline, identities.c.external_reference_id == key)
-                        .values(record_id=record_id, retired_at=None, replaced_by=None)
+                        .where(identities.c.pipeline == pipeline, identities.c.external_reference_id == sa.bindparam("b_key"))
+                        .values(record_id=sa.bindparam("b_record_id"), retired_at=None, replaced_by=None),
+                        updates,
                     )
 
     def checkpoint(
@@ -530,36 +555,27 @@ class StateStore:
 
         The watermark only moves forward here. A position at or behind the stored one is
         ignored, because lookback re-reads and merge winners are handled out of order.
+        The rows are written a chunk of up to BATCH_ROWS records at a time, with a few
+        statements per chunk. When a batch contains one record twice, its later item wins.
         """
         now = _now()
         with self._write(pipeline) as conn:
-            for item in handled:
-                self._upsert(conn, records, {"pipeline": pipeline, "record_id": item.record_id}, {
-                    "modstamp": item.modstamp, "outcome": item.outcome, "payload_hash": item.payload_hash,
-                    "external_reference_id": item.external_reference_id, "updated_at": now,
-                })
-                conn.execute(dead_letters.delete().where(dead_letters.c.pipeline == pipeline, dead_letters.c.record_id == item.record_id))
-            for change in key_changes:
+            self._write_handled(conn, pipeline, handled, now)
+            if key_changes:
                 conn.execute(
                     identities.update()
                     .where(
                         identities.c.pipeline == pipeline,
-                        identities.c.external_reference_id == change.old_key,
-                        identities.c.record_id == change.record_id,
+                        identities.c.external_reference_id == sa.bindparam("b_old_key"),
+                        identities.c.record_id == sa.bindparam("b_record_id"),
                     )
-                    .values(retired_at=now, replaced_by=change.new_key or None)
+                    .values(retired_at=now, replaced_by=sa.bindparam("b_new_key")),
+                    [
+                        {"b_old_key": change.old_key, "b_record_id": change.record_id, "b_new_key": change.new_key or None}
+                        for change in key_changes
+                    ],
                 )
-            for item in set_aside:
-                existing = conn.execute(
-                    sa.select(dead_letters.c.attempts, dead_letters.c.first_failed_at).where(
-                        dead_letters.c.pipeline == pipeline, dead_letters.c.record_id == item.record_id
-                    )
-                ).first()
-                self._upsert(conn, dead_letters, {"pipeline": pipeline, "record_id": item.record_id}, {
-                    "modstamp": item.modstamp, "reason": item.reason, "error": item.error[:1000],
-                    "attempts": 1 if existing is None else existing.attempts + 1,
-                    "first_failed_at": now if existing is None else existing.first_failed_at, "last_failed_at": now,
-                })
+            self._write_set_aside(conn, pipeline, set_aside, now)
             if watermark is not None:
                 row = conn.execute(sa.select(watermarks).where(watermarks.c.pipeline == pipeline)).first()
                 current = None if row is None else Watermark.from_strings(row.modstamp, row.record_id)
@@ -567,11 +583,87 @@ class StateStore:
                     self._write_watermark(conn, pipeline, watermark, exists=row is not None)
 
     @staticmethod
-    def _upsert(conn: sa.Connection, table: sa.Table, key: dict[str, Any], values: dict[str, Any]) -> None:
-        condition = sa.and_(*(table.c[name] == value for name, value in key.items()))
-        updated = conn.execute(table.update().where(condition).values(**values))
-        if updated.rowcount == 0:
-            conn.execute(table.insert().values(**key, **values))
+    def _write_handled(conn: sa.Connection, pipeline: str, handled: list[Handled], now: str) -> None:
+        """Upsert the ``records`` rows of ``handled`` and delete their dead letters."""
+        latest = {item.record_id: item for item in handled}
+        for chunk in _chunks(list(latest), BATCH_ROWS):
+            existing = {
+                row.record_id: row
+                for row in conn.execute(
+                    sa.select(records.c.record_id, records.c.outcome, records.c.payload_hash, records.c.external_reference_id, records.c.updated_at)
+                    .where(records.c.pipeline == pipeline, records.c.record_id.in_(chunk))
+                )
+            }
+            rows = []
+            for record_id in chunk:
+                item, stored = latest[record_id], existing.get(record_id)
+                same = stored is not None and (stored.outcome, stored.payload_hash, stored.external_reference_id) == (
+                    item.outcome, item.payload_hash, item.external_reference_id
+                )
+                rows.append({
+                    "b_record_id": record_id, "modstamp": item.modstamp, "outcome": item.outcome, "payload_hash": item.payload_hash,
+                    "external_reference_id": item.external_reference_id, "updated_at": stored.updated_at if same else now,
+                })
+            updates = [row for row in rows if row["b_record_id"] in existing]
+            inserts = [
+                {"pipeline": pipeline, "record_id": row["b_record_id"], **{k: v for k, v in row.items() if k != "b_record_id"}}
+                for row in rows if row["b_record_id"] not in existing
+            ]
+            if updates:
+                conn.execute(
+                    records.update()
+                    .where(records.c.pipeline == pipeline, records.c.record_id == sa.bindparam("b_record_id"))
+                    .values({name: sa.bindparam(name) for name in ("modstamp", "outcome", "payload_hash", "external_reference_id", "updated_at")}),
+                    updates,
+                )
+            if inserts:
+                conn.execute(records.insert(), inserts)
+            conn.execute(dead_letters.delete().where(dead_letters.c.pipeline == pipeline, dead_letters.c.record_id.in_(chunk)))
+
+    @staticmethod
+    def _write_set_aside(conn: sa.Connection, pipeline: str, set_aside: list[SetAside], now: str) -> None:
+        """Upsert the dead letters of ``set_aside``, counting one attempt per item."""
+        ids = list(dict.fromkeys(item.record_id for item in set_aside))
+        for chunk in _chunks(ids, BATCH_ROWS):
+            chunk_ids = set(chunk)
+            stored = {
+                row.record_id: (row.attempts, row.first_failed_at)
+                for row in conn.execute(
+                    sa.select(dead_letters.c.record_id, dead_letters.c.attempts, dead_letters.c.first_failed_at).where(
+                        dead_letters.c.pipeline == pipeline, dead_letters.c.record_id.in_(chunk)
+                    )
+                )
+            }
+            letters: dict[str, dict[str, Any]] = {}
+            for item in set_aside:
+                if item.record_id not in chunk_ids:
+                    continue
+                previous = letters.get(item.record_id)
+                if previous is not None:
+                    attempts, first_failed_at = previous["attempts"] + 1, previous["first_failed_at"]
+                elif item.record_id in stored:
+                    attempts, first_failed_at = stored[item.record_id][0] + 1, stored[item.record_id][1]
+                else:
+                    attempts, first_failed_at = 1, now
+                letters[item.record_id] = {
+                    "b_record_id": item.record_id, "modstamp": item.modstamp, "reason": item.reason, "error": item.error[:1000],
+                    "attempts": attempts, "first_failed_at": first_failed_at, "last_failed_at": now,
+                }
+            updates = [letter for record_id, letter in letters.items() if record_id in stored]
+            inserts = [
+                {"pipeline": pipeline, "record_id": letter["b_record_id"], **{k: v for k, v in letter.items() if k != "b_record_id"}}
+                for record_id, letter in letters.items() if record_id not in stored
+            ]
+            if updates:
+                columns = ("modstamp", "reason", "error", "attempts", "first_failed_at", "last_failed_at")
+                conn.execute(
+                    dead_letters.update()
+                    .where(dead_letters.c.pipeline == pipeline, dead_letters.c.record_id == sa.bindparam("b_record_id"))
+                    .values({name: sa.bindparam(name) for name in columns}),
+                    updates,
+                )
+            if inserts:
+                conn.execute(dead_letters.insert(), inserts)
 
     def dead_letters(self, pipeline: str) -> list[DeadLetter]:
         with self._engine.connect() as conn:
@@ -655,6 +747,25 @@ class StateStore:
         with self._engine.connect() as conn:
             row = conn.execute(sa.select(leases).where(leases.c.pipeline == pipeline)).first()
         return None if row is None else dict(row._mapping)
+
+    def last_window_end(self, pipeline: str, mode: str) -> datetime | None:
+        """Return the window end stored with the latest succeeded cycle of ``mode``, if it has one.
+
+        The end is the ``window_end`` field of the cycle's summary JSON. A cycle written by
+        a connector version without that field gives None. The index on (pipeline,
+        started_at) lets the database read the pipeline's cycles from the newest back.
+        """
+        with self._engine.connect() as conn:
+            summary = conn.execute(
+                sa.select(cycles.c.summary)
+                .where(cycles.c.pipeline == pipeline, cycles.c.mode == mode, cycles.c.status == "succeeded")
+                .order_by(cycles.c.started_at.desc())
+                .limit(1)
+            ).scalar()
+        if not summary:
+            return None
+        window_end = json.loads(summary).get("window_end")
+        return None if not window_end else parse_salesforce_datetime(window_end)
 
     def recent_cycles(self, pipeline: str, limit: int = 10) -> list[CycleRecord]:
         with self._engine.connect() as conn:

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -21,14 +21,14 @@ import structlog
 from connector.backfill import BackfillProgress, PageListener, count_window, uses_bulk
 from connector.cursor import OrderGuard, Watermark, describe, format_iso
 from connector.errors import ConfigurationError, ConnectorError, FatalError, LeadershipLost
-from connector.field_map import FieldMap, Mapped
+from connector.field_map import FieldMap, Mapped, Skipped
 from connector.logs import get_logger
-from connector.outcomes import CycleReport, Decision, Mode, decide, mask_key
+from connector.outcomes import CycleReport, Decision, Mode, decide, handled_at_version, mask_key
 from connector.progress import UNAVAILABLE_AFTER, Entry, Progress
 from connector.salesforce import Page, SalesforceSource, record_position
 from connector.salesforce_bulk import BulkCountMismatch, BulkReader
 from connector.settings import Settings
-from connector.state import StateStore
+from connector.state import RecordState, StateStore
 
 log = get_logger("connector.sync")
 
@@ -39,6 +39,34 @@ class CharlesUnavailable(FatalError):
 
 # A failed cycle is logged as a warning; from this many failures in a row, as an error.
 FAILURES_BEFORE_ERROR = 3
+
+# Records decided and submitted at a time. Pushes start after each slice instead of after
+# a whole page, so the in-flight upserts are replaced while the rest of the page is mapped.
+DECIDE_SLICE = 200
+
+
+class _PageContext:
+    """Page-level lookups that the slices of one page share: stored states, held keys, mapped records and key owners.
+
+    The states and held keys are read once per page, before anything of the page is
+    written. Key owners are read per slice for the keys first seen in it. Changes that
+    earlier records of the page made to ownership stay in ``owners`` and ``released``
+    until the page's checkpoint writes them.
+    """
+
+    def __init__(self, records: list[dict[str, Any]], states: dict[str, RecordState], held: dict[str, list[str]]) -> None:
+        self.records_by_id = {str(record.get("Id")): record for record in records}
+        self.states = states
+        self.held = held
+        self.mapped: dict[str, Mapped | Skipped] = {}
+        self.winner_keys: dict[str, str] = {}  # keys of merge winners that are not in the page
+        self.owners: dict[str, str] = {}
+        self.known_keys: set[str] = set()
+        self.released: dict[str, str] = {}  # key -> record that released it before the key was read
+
+
+# Stands in for the mapping of a record that ``decide`` finds already handled at its version.
+_NOT_MAPPED = Skipped("", "mapping_error", "not mapped: already handled at this SystemModstamp")
 
 
 class Syncer:
@@ -166,28 +194,33 @@ class Syncer:
         progress = Progress(report)
         guard = OrderGuard(start)
         merge_winners: set[str] = set()
-        pushed_ids: set[str] = set()
+        cycle_started = format_iso(datetime.now(UTC))
         fields = self.field_map.source_fields()
         conditions = tuple(self.field_map.soql_conditions())
         pages, bulk, total = self._open_changes(report, fields, start, end, conditions)
         try:
             for page in pages:
-                decisions = self._decide_page(page.records, report, force=force)
-                for record, decision in zip(page.records, decisions, strict=True):
+                context = self._page_context(page.records)
+                for first in range(0, len(page.records), DECIDE_SLICE):
                     if self._stop_reason(report):
                         break
-                    position = record_position(record)
-                    guard.check(position)
-                    report.fetched += 1
-                    progress.add(self._start(position, decision, report, pushed_ids))
-                    if decision.merged_into:
-                        merge_winners.add(decision.merged_into)
-                    progress.collect(block=len(progress) > 2 * self.settings.salesforce_page_size)
-                    if progress.charles_unavailable:
-                        raise CharlesUnavailable(
-                            f"Charles at {self.settings.charles_base_url} failed {UNAVAILABLE_AFTER} upserts in a row "
-                            "after all retries; the cycle stops, and the next one resumes from the watermark"
-                        )
+                    chunk = page.records[first : first + DECIDE_SLICE]
+                    decisions = self._decide_slice(context, chunk, force=force)
+                    for record, decision in zip(chunk, decisions, strict=True):
+                        if self._stop_reason(report):
+                            break
+                        position = record_position(record)
+                        guard.check(position)
+                        report.fetched += 1
+                        progress.add(self._start(position, decision, report))
+                        if decision.merged_into:
+                            merge_winners.add(decision.merged_into)
+                        progress.collect(block=len(progress) > 2 * self.settings.salesforce_page_size)
+                        if progress.charles_unavailable:
+                            raise CharlesUnavailable(
+                                f"Charles at {self.settings.charles_base_url} failed {UNAVAILABLE_AFTER} upserts in a row "
+                                "after all retries; the cycle stops, and the next one resumes from the watermark"
+                            )
                 self._checkpoint(report, progress, since, backfill=backfill, hold_watermark=bulk)
                 if on_page is not None:
                     on_page(report.fetched, total if total is not None else page.total_size)
@@ -219,7 +252,7 @@ class Syncer:
         if backfill is not None and report.status == "succeeded" and not sum(report.failed_by_reason.values()):
             backfill.clear()
         if merge_winners and report.status != "interrupted":
-            self._resend(report, sorted(merge_winners - pushed_ids), reason="merge_winner")
+            self._resend(report, self._winners_to_resend(merge_winners, cycle_started), reason="merge_winner")
         # Everything up to the window's end is handled: an idle org is not "behind".
         report.caught_up = report.status == "succeeded" and not progress.blocked
 
@@ -269,7 +302,21 @@ class Syncer:
             return watermark
         # Re-read a window behind the watermark: a long transaction can commit a record
         # whose SystemModstamp the watermark has already passed.
-        return Watermark.start_of(watermark.modstamp - timedelta(seconds=self.settings.lookback_s))
+        lookback = timedelta(seconds=self.settings.lookback_s)
+        previous_end = self.store.last_window_end(self.pipeline, report.mode)
+        if previous_end is None:
+            return Watermark.start_of(watermark.modstamp - lookback)
+        # With the window end E of the last succeeded cycle of this mode, the window starts at
+        # min(watermark, E - lookback). A record stamped at t is visible by t + lookback at
+        # the latest, because lookback bounds the longest transaction. So every record with
+        # t <= E - lookback was visible to that cycle's query, which ran after E. It was in
+        # that window and handled, since the cycle succeeded, or it lies before that window's
+        # start and was handled earlier by the same argument, or it lies after the watermark.
+        # A late commit seen now has t > E - lookback, so this window still contains it. Once
+        # the watermark is older than one lookback, an idle cycle reads an empty window
+        # instead of the same lookback every time. A failed, partial or interrupted cycle may
+        # have left records of its window unhandled, so only a succeeded cycle's end counts.
+        return min(watermark, Watermark.start_of(previous_end - lookback))
 
     def _window_end(self, until: datetime | None) -> datetime:
         end = self.source.server_time() - timedelta(seconds=self.settings.sync_lag_s)
@@ -279,36 +326,92 @@ class Syncer:
 
     def _decide_page(self, records: list[dict[str, Any]], report: CycleReport, *, force: bool) -> list[Decision]:
         """Decide every record of a page, with one state-store read per kind of lookup."""
+        return self._decide_slice(self._page_context(records), records, force=force)
+
+    def _page_context(self, records: list[dict[str, Any]]) -> _PageContext:
+        """Read the page's record states and held keys, and map the merge winners that are not in the page."""
         ids = [str(record.get("Id")) for record in records]
-        winners = [str(record["MasterRecordId"]) for record in records if record.get("MasterRecordId")]
-        states = self.store.record_states(self.pipeline, ids)
-        mapped = [self.field_map.apply(record) for record in records]
-        mapped_keys = {
-            record_id: str(outcome.payload["external_reference_id"])
-            for record_id, outcome in zip(ids, mapped, strict=True)
-            if isinstance(outcome, Mapped)
-        }
-        missing_winners = sorted(set(winners) - set(ids))
+        context = _PageContext(records, self.store.record_states(self.pipeline, ids), self.store.active_keys(self.pipeline, ids))
+        winners = {str(record["MasterRecordId"]) for record in records if record.get("MasterRecordId")}
+        missing_winners = sorted(winners - set(ids))
         if missing_winners:
-            # A merged-away record is marked only if its key is not the winner's own.
             for winner_record in self.source.fetch_by_ids(self.field_map.object_name, self.field_map.source_fields(), missing_winners):
                 winner_outcome = self.field_map.apply(winner_record)
                 if isinstance(winner_outcome, Mapped):
-                    mapped_keys[str(winner_record["Id"])] = str(winner_outcome.payload["external_reference_id"])
-        owners = self.store.key_owners(self.pipeline, sorted(set(mapped_keys.values())))
-        held = self.store.active_keys(self.pipeline, ids)
+                    context.winner_keys[str(winner_record["Id"])] = str(winner_outcome.payload["external_reference_id"])
+        return context
+
+    def _mapped(self, context: _PageContext, record_id: str) -> Mapped | Skipped:
+        outcome = context.mapped.get(record_id)
+        if outcome is None:
+            outcome = context.mapped[record_id] = self.field_map.apply(context.records_by_id[record_id])
+        return outcome
+
+    def _winner_key(self, context: _PageContext, record: dict[str, Any]) -> str | None:
+        """Return the current key of the record that ``record`` was merged into, if that record has one."""
+        winner = str(record.get("MasterRecordId") or "")
+        if not winner:
+            return None
+        if winner in context.records_by_id:
+            outcome = self._mapped(context, winner)
+            return str(outcome.payload["external_reference_id"]) if isinstance(outcome, Mapped) else None
+        return context.winner_keys.get(winner)
+
+    def _read_owners(self, context: _PageContext, keys: set[str]) -> None:
+        """Add the stored owners of the keys not read before in this page."""
+        new_keys = sorted(keys - context.known_keys)
+        if not new_keys:
+            return
+        for key, owner in self.store.key_owners(self.pipeline, new_keys).items():
+            if context.released.get(key) != owner:
+                context.owners[key] = owner
+        context.known_keys.update(new_keys)
+
+    def _decide_slice(self, context: _PageContext, records: list[dict[str, Any]], *, force: bool) -> list[Decision]:
+        """Decide a slice of a page's records and claim the keys they will push.
+
+        A record already handled at its SystemModstamp is not mapped, unless ``force``:
+        ``decide`` returns "reread" for it without looking at the mapping.
+        """
+        ids = [str(record.get("Id")) for record in records]
+        outcomes: list[Mapped | Skipped | None] = []
+        keys: set[str] = set()
+        for record_id, record in zip(ids, records, strict=True):
+            state = context.states.get(record_id)
+            if not force and handled_at_version(record, state):
+                outcomes.append(None)
+                continue
+            outcome = self._mapped(context, record_id)
+            outcomes.append(outcome)
+            if isinstance(outcome, Mapped):
+                keys.add(str(outcome.payload["external_reference_id"]))
+            if record.get("IsDeleted") is True:
+                # A deleted record marks the key it was stored under, unless another record owns it now.
+                if state is not None and state.external_reference_id:
+                    keys.add(state.external_reference_id)
+                winner_key = self._winner_key(context, record)
+                if winner_key is not None:
+                    keys.add(winner_key)
+        self._read_owners(context, keys)
+
+        owners = context.owners
         decisions = []
-        for record_id, record, outcome in zip(ids, records, mapped, strict=True):
-            winner_key = mapped_keys.get(str(record.get("MasterRecordId") or ""))
+        for record_id, record, outcome in zip(ids, records, outcomes, strict=True):
+            if outcome is None:
+                outcome = _NOT_MAPPED
             decision = decide(
-                record, outcome, states.get(record_id), owners, self.settings,
-                active_keys=tuple(held.get(record_id, ())), force=force, merge_winner_key=winner_key,
+                record, outcome, context.states.get(record_id), owners, self.settings,
+                active_keys=tuple(context.held.get(record_id, ())), force=force,
+                merge_winner_key=self._winner_key(context, record) if record.get("IsDeleted") is True else None,
             )
             for change in decision.key_changes:
                 if owners.get(change.old_key) == record_id:
                     del owners[change.old_key]  # released keys are free for later records
+                elif change.old_key not in context.known_keys:
+                    context.released[change.old_key] = record_id
             if decision.key and decision.action in ("push", "unchanged") and decision.kind == "delivered":
                 owners[decision.key] = record_id  # later records in this cycle see the new owner
+                context.known_keys.add(decision.key)
             decisions.append(decision)
 
         # Claim keys before anything is sent, so a crash right after a send leaves a trace.
@@ -316,7 +419,21 @@ class Syncer:
         self.store.claim_keys(self.pipeline, claims)
         return decisions
 
-    def _start(self, position: Watermark, decision: Decision, report: CycleReport, pushed_ids: set[str]) -> Entry:
+    def _winners_to_resend(self, merge_winners: set[str], cycle_started: str) -> list[str]:
+        """Return the merge winners that this cycle did not push with a new payload.
+
+        The store moves a record's ``updated_at`` only when its outcome, payload hash or key
+        changes, so a winner found unchanged in this cycle is sent again, as the merge needs.
+        A winner pushed again with an equal payload (``force``) is sent once more too.
+        """
+        winners = sorted(merge_winners)
+        states = self.store.record_states(self.pipeline, winners)
+        return [
+            winner for winner in winners
+            if (state := states.get(winner)) is None or state.updated_at is None or state.updated_at <= cycle_started
+        ]
+
+    def _start(self, position: Watermark, decision: Decision, report: CycleReport) -> Entry:
         """Count an immediate outcome or submit the upsert; return the entry to track."""
         report.count(decision)
         for change in decision.key_changes if decision.kind != "deleted" else ():
@@ -334,7 +451,6 @@ class Syncer:
         if decision.action == "push":
             assert decision.payload is not None
             future = self.sink.submit(decision.record_id, decision.payload)
-            pushed_ids.add(decision.record_id)
         return Entry(position, decision, future)
 
     def _checkpoint(
@@ -383,7 +499,7 @@ class Syncer:
         log.debug("sync.resending", reason=reason, requested=len(ids), found=len(records))
         progress = Progress(report)
         for record, decision in zip(records, self._decide_page(records, report, force=force), strict=True):
-            progress.add(self._start(record_position(record), decision, report, set()))
+            progress.add(self._start(record_position(record), decision, report))
         progress.collect(block=True)
         batch = progress.take_outcomes()
         self.store.checkpoint(self.pipeline, watermark=None, handled=batch.handled, set_aside=batch.set_aside, key_changes=batch.key_changes)

@@ -97,3 +97,62 @@ def test_record_phone_cache_matches_transforms(mobile: str, phone: str, country:
         None,
     )
     assert outcome.payload.get("custom_properties", {}).get("phone_extension") == extension
+
+
+def reference_parse(text: str, region: str) -> transforms.phonenumbers.PhoneNumber | None:
+    try:
+        return transforms.phonenumbers.parse(text, region)
+    except transforms.phonenumbers.NumberParseException:
+        return None
+
+
+NANP_TEXTS = st.builds(
+    lambda area, exchange, line, extension, spaces: f"{spaces}({area}) {exchange}-{line}{extension}",
+    area=st.text(alphabet="0123456789", min_size=3, max_size=3),
+    exchange=st.text(alphabet="0123456789", min_size=3, max_size=3),
+    line=st.text(alphabet="0123456789", min_size=4, max_size=4),
+    extension=st.one_of(st.just(""), st.text(alphabet="0123456789", min_size=1, max_size=8).map(lambda digits: f" ext. {digits}")),
+    spaces=st.sampled_from(["", " "]),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(text=NANP_TEXTS, region=st.sampled_from(sorted(transforms.NANP_FAST_REGIONS)))
+def test_nanp_parse_shortcut_matches_library(text: str, region: str) -> None:
+    parsed = transforms.parse_phone(text, region)
+    expected = reference_parse(text.strip(), region)
+
+    assert expected is not None
+    assert parsed == expected
+    assert isinstance(parsed, transforms.phonenumbers.PhoneNumber)
+    assert parsed.__dict__ == expected.__dict__
+
+
+NUMBERS = st.one_of(
+    NANP_TEXTS.map(lambda text: ("+1 " + text.strip(), None)),
+    st.tuples(
+        st.text(alphabet="0123456789", min_size=4, max_size=12),
+        st.sampled_from(["US", "CA", "GB", "JE", "IM", "RU", "KZ", "IT", "FR", "GP", "NO", "SJ", "AU", "CX", "DE", "MA", "EH", "FI", "AX"]),
+    ),
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(number=NUMBERS)
+def test_is_valid_number_matches_library(number: tuple[str, str | None]) -> None:
+    text, region = number
+    parsed = reference_parse(text, region or "US")
+    if parsed is None:
+        return
+
+    assert transforms.is_valid_number(parsed) == transforms.phonenumbers.is_valid_number(parsed)
+
+
+@pytest.mark.parametrize("text", ["(415) 234-0001", "(613) 555-0100", "(268) 464-1234", "(800) 234-0001", "(555) 010-0000", "(212) 200-0000 ext. 100"])
+@pytest.mark.parametrize("region", ["US", "CA", "AG", "DE"])
+def test_phone_shortcuts_known_numbers(text: str, region: str) -> None:
+    expected = reference_parse(text, region)
+    parsed = transforms.parse_phone(text, region)
+
+    assert parsed == expected
+    assert transforms.is_valid_number(parsed) == transforms.phonenumbers.is_valid_number(parsed)
