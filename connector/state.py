@@ -391,7 +391,7 @@ class StateStore:
         """
         database = self._engine.url.database if self._engine.dialect.name == "sqlite" else None
         if not database or database == ":memory:":
-            # NOTE: other databases get their lock with their own store; none is held here.
+            # PostgreSQL stores are shared by replicas: connector.leader takes a lock per pipeline instead.
             yield
             return
         import fcntl
