@@ -315,6 +315,7 @@ class CharlesSink:
         """Send nothing more and cut the requests in flight; the sink cannot be used again.
 
         Records whose upserts are cut are not checkpointed, so the pipeline's next run sends them.
+        NOTE: a request already on the wire is not recalled, and Charles may still apply it.
         """
         self._aborted = True
         self._executor.shutdown(wait=False, cancel_futures=True)

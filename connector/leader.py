@@ -16,7 +16,7 @@ Three rules keep two replicas from running one pipeline at once:
 * A replica that takes a pipeline which was not handed back cleanly waits
   ``leader_lease_s`` before its first cycle, by which time the old holder has stopped.
 * Every state write is fenced. A new holder raises the pipeline's epoch in the ``leases``
-  table when it takes the lock; each write transaction reads that row ``FOR SHARE`` and
+  table when it takes the lock. Each write transaction reads that row ``FOR SHARE`` and
   fails with LeadershipLost unless the epoch is still its own. The row lock orders a new
   holder's raise after any write already under way.
 
@@ -51,10 +51,10 @@ APPLICATION_NAME_PREFIX = "sfcharles "
 
 
 def lock_key(name: str) -> int:
-    """The second advisory lock key for ``name``: a signed 32-bit CRC of it.
+    """Return the second advisory lock key for ``name``: a signed 32-bit CRC of it.
 
-    Two pipelines whose names share a key would never run at the same time on different
-    replicas; that costs parallelism, not safety.
+    Two pipelines whose names share a key never run at the same time on different
+    replicas. That costs parallelism, not safety.
     """
     value = zlib.crc32(name.encode("utf-8"))
     return value - (1 << 32) if value >= 1 << 31 else value
@@ -137,7 +137,7 @@ class PostgresCoordinator:
         self.heartbeat_s = heartbeat_s
         self.lease_s = lease_s
         # A daemon replica announces itself, so that the others count it when they divide
-        # the pipelines; a one-off command only takes the lock of its pipeline.
+        # the pipelines. A one-off command only takes the lock of its pipeline.
         self._announce = announce
         self._store = store
         self._clock = clock
@@ -200,7 +200,7 @@ class PostgresCoordinator:
             return True
 
     def valid(self) -> bool:
-        """Whether this replica still holds its locks: connected, and confirmed within a lease."""
+        """Return whether this replica still has its locks: connected, and confirmed within a lease."""
         last_ok = self._last_ok
         return self._lost_reason is None and last_ok is not None and self._clock() - last_ok <= self.lease_s
 
@@ -281,7 +281,7 @@ class PostgresCoordinator:
                 self._lose(f"releasing pipeline {grant.pipeline!r} failed: {_first_line(exc)}")
 
     def live_replicas(self) -> int:
-        """How many replicas of this state store are alive: each holds its announcement lock."""
+        """Count the live replicas of this state store: each has its announcement lock."""
         with self._lock:
             if self._conn is None:
                 return 1
@@ -299,7 +299,7 @@ class PostgresCoordinator:
     # Fencing
 
     def check(self, grant: Grant) -> None:
-        """Raise LeadershipLost unless this replica still holds ``grant``, as far as it knows."""
+        """Raise LeadershipLost unless this replica still has ``grant``, as far as its heartbeats show."""
         if self._held.get(grant.pipeline) != grant:
             raise LeadershipLost(f"pipeline {grant.pipeline}: this replica ({self.replica_id}) no longer leads it")
         if not self.valid():
@@ -307,7 +307,7 @@ class PostgresCoordinator:
             raise LeadershipLost(f"pipeline {grant.pipeline}: this replica ({self.replica_id}) stops: {reason}")
 
     def fence(self, grant: Grant) -> Fence:
-        """A check for each state write of the pipeline: still leading, and the epoch still ours."""
+        """Return the check for each state write of the pipeline: still leading, and the epoch still ours."""
 
         def check_write(conn: sa.Connection) -> None:
             self.check(grant)

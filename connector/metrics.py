@@ -109,7 +109,7 @@ class Metrics:
         self._last_success: dict[str, float] = {}
         self._last_heartbeat: float | None = None
         self._stopping = False
-        # Pipeline -> since when this process runs it; every pipeline until told otherwise.
+        # Pipeline -> since when this process runs it; every pipeline until set_leading names others.
         self._leading: dict[str, float] = dict.fromkeys(self.pipelines, self.started_at)
 
         self.registry = CollectorRegistry()

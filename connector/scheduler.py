@@ -220,7 +220,6 @@ class PipelineRunner:
         self.state: RunnerState = "idle"
         self.grant: Grant | None = None
         self.running = False
-        self.aborted = False
 
     @property
     def job_id(self) -> str:
@@ -265,7 +264,7 @@ class Supervisor:
     # Election
 
     def elect(self) -> None:
-        """One round of the election loop."""
+        """Run one round of the election loop: confirm the locks, hand back or take pipelines."""
         coordinator = self.coordinator
         if not coordinator.heartbeat() or not coordinator.valid():
             for runner in self.runners:
@@ -309,15 +308,17 @@ class Supervisor:
             log.warning("leader.reconnect_failed", replica=self.coordinator.replica_id, error=str(exc))
 
     def _take(self, runner: PipelineRunner, grant: Grant) -> None:
+        """Start running a pipeline whose lock was just taken: fence its writes and schedule its cycles."""
         coordinator = self.coordinator
-        if runner.aborted:
+        if runner.app.sink.aborted:
             runner.app.renew_sink()
-            runner.aborted = False
+
         runner.grant = grant
         runner.app.stop_event = threading.Event()
         runner.daemon.stop_event = runner.app.stop_event
         runner.app.sink.guard = lambda: coordinator.check(grant)
         self.store.set_fence(runner.name, coordinator.fence(grant))
+
         try:
             abandoned = self.store.abandon_running_cycles(runner.name)
         except ConnectorError as exc:
@@ -326,6 +327,7 @@ class Supervisor:
             coordinator.release(grant)
             runner.grant = None
             return
+
         runner.state = "held"
         first = datetime.now(UTC) + timedelta(seconds=grant.wait_s)
         self._scheduler.add_job(
@@ -353,7 +355,6 @@ class Supervisor:
         self._remove_job(runner)
         runner.app.stop_event.set()
         runner.app.sink.abort()
-        runner.aborted = True
         runner.state = "stopping"
         runner.grant = None
         log.error("leader.lost", pipeline=runner.name, replica=self.coordinator.replica_id, cycle_running=runner.running)

@@ -35,7 +35,7 @@ ENV_PREFIX = "SFCHARLES_"
 CONFIG_FILE_VARIABLE = f"{ENV_PREFIX}CONFIG_FILE"
 SECRET_FIELDS = frozenset({"salesforce_client_secret", "salesforce_private_key", "charles_api_key"})
 # Fields that may be read from a file named by <VARIABLE>_FILE: the secrets, and the state
-# store URL, which holds the database password.
+# store URL, which contains the database password.
 FILE_FIELDS = SECRET_FIELDS | {"state_url"}
 # One value per process: a pipeline's table cannot set these.
 PROCESS_FIELDS = frozenset({
@@ -128,8 +128,8 @@ class Settings(BaseModel):
     state_url: str = "sqlite:///sfcharles-state.db"
     pipeline: str = Field(default="contacts", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     # Replicas on PostgreSQL: each names itself, confirms its locks every heartbeat, and
-    # stops its pipelines when it has not confirmed them for a lease; a replica that takes
-    # over a pipeline from one that did not hand it back waits a lease before its first cycle.
+    # stops its pipelines when it has not confirmed them for a lease. A replica that takes
+    # over a pipeline that was not handed back waits a lease before its first cycle.
     replica_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
     leader_heartbeat_s: float = Field(default=2.0, ge=0.1, le=60)
     leader_lease_s: float = Field(default=10.0, ge=0.5, le=600)

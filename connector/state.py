@@ -267,7 +267,7 @@ def safe_url(url: sa.engine.URL) -> str:
 
 
 def base_pipeline(name: str) -> str:
-    """The pipeline that a state key belongs to: ``contacts:backfill`` belongs to ``contacts``."""
+    """Return the pipeline that a state key belongs to: ``contacts:backfill`` belongs to ``contacts``."""
     return name.split(":", 1)[0]
 
 
@@ -338,7 +338,7 @@ class StateStore:
 
     @contextmanager
     def _write(self, pipeline: str) -> Iterator[sa.Connection]:
-        """A write transaction for ``pipeline``, checked by its fence first."""
+        """Open a write transaction for ``pipeline`` and run its fence first."""
         with self._engine.begin() as conn:
             fence = self._fences.get(base_pipeline(pipeline))
             if fence is not None:
@@ -712,7 +712,8 @@ class StateStore:
         error: str | None = None,
         summary: dict[str, Any] | None = None,
     ) -> None:
-        with self._write(self._cycle_pipeline(cycle_id)) as conn:
+        pipeline = self._cycle_pipeline(cycle_id) if self._fences else ""
+        with self._write(pipeline) as conn:
             conn.execute(
                 cycles.update().where(cycles.c.cycle_id == cycle_id).values(
                     finished_at=_now(), status=status,
@@ -743,7 +744,7 @@ class StateStore:
         return result.rowcount
 
     def lease(self, pipeline: str) -> dict[str, Any] | None:
-        """The pipeline's lease row: last holder, epoch, when acquired and released."""
+        """Return the pipeline's lease row: last holder, epoch, when acquired and released."""
         with self._engine.connect() as conn:
             row = conn.execute(sa.select(leases).where(leases.c.pipeline == pipeline)).first()
         return None if row is None else dict(row._mapping)

@@ -425,6 +425,9 @@ class Syncer:
         The store moves a record's ``updated_at`` only when its outcome, payload hash or key
         changes, so a winner found unchanged in this cycle is sent again, as the merge needs.
         A winner pushed again with an equal payload (``force``) is sent once more too.
+
+        NOTE: ``updated_at`` and ``cycle_started`` come from the local clocks of the replicas
+        that wrote them, so a clock far ahead on another replica can leave one winner unsent.
         """
         winners = sorted(merge_winners)
         states = self.store.record_states(self.pipeline, winners)

@@ -62,7 +62,7 @@ def test_one_holder_per_pipeline_and_a_clean_handover(coordinator: Callable[...,
     assert taken.wait_s == 0
 
 
-def test_a_dead_holder_is_replaced_after_a_lease(coordinator: Callable[..., PostgresCoordinator]) -> None:
+def test_dead_holder_replaced_after_lease(coordinator: Callable[..., PostgresCoordinator]) -> None:
     a, b = coordinator("replica-a"), coordinator("replica-b", lease_s=3.0)
     assert a.try_acquire("contacts") is not None
     a.close()  # the session ends without handing the pipeline back, as when the process dies
@@ -79,7 +79,7 @@ def test_writes_of_a_replaced_holder_are_refused(store: StateStore, coordinator:
     store.set_fence("contacts", a.fence(old))
     store.advance_watermark("contacts", WATERMARK)
 
-    # A second process sees the lock go and takes over, while the first still believes it leads.
+    # A second process takes the freed lock while the first still believes it leads.
     a._conn.close()  # type: ignore[union-attr]
     new = acquire_eventually(b, "contacts")
     assert new is not None
@@ -152,7 +152,7 @@ def test_replicas_are_counted_and_holders_named(store: StateStore, coordinator: 
     assert holders(store) == {"eu": "replica-a"}
 
 
-def test_a_replica_id_in_use_is_refused(coordinator: Callable[..., PostgresCoordinator]) -> None:
+def test_replica_id_in_use_rejected(coordinator: Callable[..., PostgresCoordinator]) -> None:
     coordinator("replica-a")
     with pytest.raises(ConfigurationError, match="SFCHARLES_REPLICA_ID: 'replica-a' is in use"):
         coordinator("replica-a")

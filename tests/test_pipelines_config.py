@@ -64,7 +64,7 @@ def test_environment_overrides_one_pipeline(tmp_path: Path) -> None:
     assert eu.charles_api_key.get_secret_value() == "from-environment-key"
 
 
-def test_a_command_chooses_one_pipeline(tmp_path: Path) -> None:
+def test_load_settings_chooses_pipeline(tmp_path: Path) -> None:
     environ = {**BASE, "SFCHARLES_CONFIG_FILE": str(write_config(tmp_path, TWO_PIPELINES))}
     assert load_settings(environ, pipeline="us_leads").pipeline == "us_leads"
     with pytest.raises(ConfigurationError, match=r"2 pipelines are configured \(eu-contacts, us_leads\); choose one with --pipeline"):

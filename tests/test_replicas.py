@@ -149,7 +149,7 @@ def test_pipelines_are_divided_between_replicas(
 
     held = wait_for(divided, 30, "the four pipelines to be divided two and two")
     assert sorted(held.values()) == ["r1", "r1", "r2", "r2"]
-    # Every pipeline ran a cycle, on the replica that holds it, and its log lines name it.
+    # Every pipeline ran a cycle, on the replica that has its lock, and its log lines name it.
     for pipeline, replica_id in held.items():
         replica = next(r for r in replicas if r.replica_id == replica_id)
         wait_for(lambda: replica.events("sync.cycle_completed", pipeline), 30, f"a cycle of {pipeline} on {replica_id}")
@@ -199,7 +199,7 @@ def test_sigkill_of_the_leader_mid_cycle_loses_nothing(
             assert replica.stop() == 0
 
 
-def test_leader_cut_from_the_database_stops_before_another_starts(
+def test_cut_leader_stops_first(
     replicated_env: dict[str, str],
     start_replica: Callable[[str, dict[str, str]], Replica],
     charles: CharlesEmulator,
